@@ -1,0 +1,211 @@
+"""The resolved configuration of one training run, and its stable run id.
+
+A run is named by what determines its result (dataset, architecture, rule,
+seed, hyperparameters), never by a timestamp: the same config is the same run
+in every sweep that contains it, so finished runs are never redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Mapping
+
+
+class QagrelError(Exception):
+    """A user-facing error: printed as one line, never as a traceback."""
+
+
+class Dataset(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+
+
+class Arch(str, Enum):
+    conv = "conv"
+    loccon = "loccon"
+    fc = "fc"
+
+
+class Rule(str, Enum):
+    qagrel = "qagrel"
+    bp = "bp"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class Feedback(str, Enum):
+    symmetric = "symmetric"  # W' starts equal to W (the paper's strict reciprocity)
+    random = "random"  # W' drawn independently, from the same distribution as W
+
+
+# Table 1's learning rates (alpha): (rule, arch, dataset family) -> lr.
+_PAPER_LR: dict[tuple[Rule, str, str], float] = {
+    (Rule.qagrel, "fc", "mnist"): 0.5,
+    (Rule.qagrel, "conv", "mnist"): 1.0,
+    (Rule.qagrel, "conv", "cifar"): 1.0,
+    (Rule.bp, "fc", "mnist"): 0.1,
+    (Rule.bp, "conv", "mnist"): 0.01,
+    (Rule.bp, "conv", "cifar"): 0.001,
+}
+
+DEFAULT_FC: dict[Arch, tuple[int, ...]] = {
+    Arch.conv: (500,),
+    Arch.loccon: (500,),
+    Arch.fc: (1500, 1000, 500),
+}
+
+# Fields that change how a run is executed but not what it computes.
+_NOT_IDENTITY = frozenset({"device"})
+
+
+def dataset_family(dataset: Dataset) -> str:
+    """'mnist' for the 28x28 grey datasets, 'cifar' for the 32x32 colour ones."""
+    return "cifar" if dataset in (Dataset.cifar10, Dataset.cifar100) else "mnist"
+
+
+def paper_lr(rule: Rule, arch: Arch, dataset: Dataset) -> float:
+    """Table 1's learning rate for this combination (loccon shares conv's)."""
+    kind = "fc" if arch == Arch.fc else "conv"
+    key = (rule, kind, dataset_family(dataset))
+    if key not in _PAPER_LR:  # only fc on CIFAR is absent from Table 1
+        key = (rule, kind, "mnist")
+    return _PAPER_LR[key]
+
+
+def parse_fc(text: str | int | list | tuple | None) -> tuple[int, ...] | None:
+    """Parse hidden fully connected sizes: '1000,500', 500, [1000, 500] or None."""
+    if text is None:
+        return None
+    if isinstance(text, bool):
+        raise QagrelError(f"fc must be a list of positive integers, got {text!r}")
+    if isinstance(text, int):
+        parts: list[Any] = [text]
+    elif isinstance(text, (list, tuple)):
+        parts = list(text)
+    elif isinstance(text, str):
+        parts = [p.strip() for p in text.replace("-", ",").split(",")]
+    else:
+        raise QagrelError(f"fc must be a list of positive integers, got {text!r}")
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise QagrelError(f"fc must be comma-separated positive integers like 1000,500, got {text!r}") from None
+    if not sizes or any(s <= 0 for s in sizes) or any(isinstance(p, (float, bool)) for p in parts):
+        raise QagrelError(f"fc must be comma-separated positive integers like 1000,500, got {text!r}")
+    return sizes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run. `None` means "the paper's default"."""
+
+    dataset: Dataset = Dataset.mnist
+    arch: Arch = Arch.conv
+    rule: Rule = Rule.qagrel
+    fc: tuple[int, ...] | None = None
+    seed: int = 0
+    lr: float | None = None
+    optimizer: Optimizer = Optimizer.sgd
+    epsilon: float = 0.02
+    feedback: Feedback = Feedback.symmetric
+    init_range: float | None = None
+    batch_size: int = 100
+    max_epochs: int = 500
+    patience: int = 20
+    train_size: int | None = None
+    val_size: int = 1000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, enum in (("dataset", Dataset), ("arch", Arch), ("rule", Rule),
+                           ("optimizer", Optimizer), ("feedback", Feedback)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                raise QagrelError(f"unknown {name} {value!r}; choose one of: {choices}") from None
+        object.__setattr__(self, "fc", parse_fc(self.fc))
+        if self.arch != Arch.fc and self.fc is not None and len(self.fc) == 0:
+            raise QagrelError("fc needs at least one hidden layer")
+        for name in ("seed", "batch_size", "max_epochs", "patience", "val_size"):
+            _check_int(name, getattr(self, name), minimum=0 if name in ("seed", "val_size") else 1)
+        if self.train_size is not None:
+            _check_int("train_size", self.train_size, minimum=1)
+        for name in ("lr", "init_range"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive_float(name, value)
+                object.__setattr__(self, name, float(value))
+        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) or not 0 <= self.epsilon <= 1:
+            raise QagrelError(f"epsilon must be a number in [0, 1], got {self.epsilon!r}")
+        object.__setattr__(self, "epsilon", float(self.epsilon))
+        if not isinstance(self.device, str):
+            raise QagrelError(f"device must be a string like auto, cpu or cuda:0, got {self.device!r}")
+
+    def resolved(self) -> "TrainConfig":
+        """Fill every paper default (fc sizes, learning rate, init range)."""
+        return dataclasses.replace(
+            self,
+            fc=self.fc if self.fc is not None else DEFAULT_FC[self.arch],
+            lr=self.lr if self.lr is not None else paper_lr(self.rule, self.arch, self.dataset),
+            init_range=self.init_range if self.init_range is not None else (0.05 if self.arch == Arch.fc else 0.02),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-friendly values (enums as strings, fc as a list)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a mapping, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise QagrelError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return cls(**{k.replace("-", "_"): v for k, v in data.items()})
+
+    @property
+    def fc_label(self) -> str:
+        """Hidden fc sizes joined by '_' (file-name safe), e.g. '1000_500'."""
+        return "_".join(str(s) for s in (self.fc or ()))
+
+    @property
+    def run_id(self) -> str:
+        """Readable, stable id: e.g. 'mnist-conv-500-qagrel-s3-1a2b3c4d'."""
+        cfg = self.resolved()
+        identity = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{cfg.dataset.value}-{cfg.arch.value}-{cfg.fc_label}-{cfg.rule.value}-s{cfg.seed}-{digest}"
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise QagrelError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise QagrelError(f"{name} must be a positive number, got {value!r}")
+
+
+CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+__all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback",
+           "CONFIG_FIELDS", "paper_lr", "parse_fc", "dataset_family", "DEFAULT_FC"]

@@ -1,0 +1,103 @@
+"""The paper's architectures (section 3), built once and shared by both rules.
+
+  conv:   conv32 3x3; conv32 3x3 str(2,2); drop.8; (full 1,000;) full500; drop.3; output
+  loccon: loccon32 3x3; conv32 3x3 str(2,2); drop.8; (full 1,000;) full500; drop.3; output
+  fc:     full1500; full1000; full500; output          (MNIST only in Table 1)
+
+Hidden units are ReLU, the output units are linear (Q-values for Q-AGREL,
+logits for BP). No biases: the paper's equations have none.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qagrel_cli.config import Arch
+from qagrel_cli.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, LocallyConnected2d
+
+CONV_CHANNELS = 32
+CONV_DROPOUT = 0.8  # after the strided conv layer
+LAST_HIDDEN_DROPOUT = 0.3
+
+
+class QNetwork(nn.Module):
+    """A stack of feedback layers with ReLU hidden units and inverted dropout.
+
+    `forward` returns the output and the activity of every layer's input
+    nodes: activities[0] is the image, activities[n] the (dropped-out) output
+    of hidden layer n. The learning rules read pre- and postsynaptic activity
+    from this list.
+    """
+
+    def __init__(self, layers: list[FeedbackLayer], dropout: list[float]) -> None:
+        super().__init__()
+        assert len(dropout) == len(layers) - 1, "one dropout rate per hidden layer"
+        self.layers = nn.ModuleList(layers)
+        self.dropout = list(dropout)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        activities = [x]
+        for layer, p in zip(self.layers[:-1], self.dropout):
+            y = F.relu(layer(activities[-1]))
+            if self.training and p > 0:
+                # Inverted dropout: a dropped node neither fires nor (y == 0) passes feedback.
+                keep = torch.rand(y.shape, generator=generator, device=y.device) >= p
+                y = y * keep / (1.0 - p)
+            activities.append(y)
+        return self.layers[-1](activities[-1]), activities
+
+    def gate(self, n: int, activity: torch.Tensor) -> torch.Tensor:
+        """g of hidden layer n's nodes: dy/da of ReLU (x the inverted-dropout scale when training).
+
+        For a ReLU node the derivative is all-or-nothing, so it can be read off
+        the node's own activity: the feedback unit is open iff the feedforward
+        unit fires (eqs. 7, 9).
+        """
+        p = self.dropout[n] if self.training else 0.0
+        return (activity > 0).to(activity.dtype) * (1.0 / (1.0 - p))
+
+    def hidden_units(self, input_shape: tuple[int, ...]) -> str:
+        """Table 1's 'hidden units' string, e.g. '21632-5408-500', computed from the built layers."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            probe = torch.zeros(1, *input_shape, device=self.layers[0].weight.device)
+            _, activities = self(probe)
+        self.train(was_training)
+        return "-".join(str(a[0].numel()) for a in activities[1:])
+
+    def reset_weights(self, init_range: float, symmetric: bool, generator: torch.Generator) -> None:
+        """Initialise every layer's W (and W') from one generator, in layer order."""
+        for layer in self.layers:
+            layer.reset_weights(init_range, symmetric, generator)
+
+
+def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, int],
+                  num_classes: int) -> QNetwork:
+    """Build `arch` for images of `input_shape` (C, H, W) with hidden fc sizes `fc`."""
+    channels, height, width = input_shape
+    layers: list[FeedbackLayer] = []
+    dropout: list[float] = []
+    if arch == Arch.fc:
+        n_in = channels * height * width
+    else:
+        if arch == Arch.conv:
+            layers.append(FeedbackConv2d(channels, CONV_CHANNELS, 3))
+        else:
+            layers.append(LocallyConnected2d(channels, CONV_CHANNELS, 3, (height, width)))
+        h1, w1 = height - 2, width - 2  # 3x3, valid
+        # 3x3 stride 2 'same': padding 1 gives ceil(n / 2) outputs, 26 -> 13 and 30 -> 15.
+        layers.append(FeedbackConv2d(CONV_CHANNELS, CONV_CHANNELS, 3, stride=2, padding=1))
+        h2, w2 = (h1 - 1) // 2 + 1, (w1 - 1) // 2 + 1
+        dropout += [0.0, CONV_DROPOUT]
+        n_in = CONV_CHANNELS * h2 * w2
+    for i, units in enumerate(fc):
+        layers.append(FeedbackLinear(n_in, units))
+        last = i == len(fc) - 1
+        dropout.append(LAST_HIDDEN_DROPOUT if (last and arch != Arch.fc) else 0.0)
+        n_in = units
+    layers.append(FeedbackLinear(n_in, num_classes))
+    return QNetwork(layers, dropout)

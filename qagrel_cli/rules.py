@@ -1,0 +1,121 @@
+"""The two learning rules: Q-AGREL (section 2 of the paper) and error-backpropagation.
+
+Q-AGREL, one trial (or a batch of independent trials) in five phases:
+  1. forward pass            eqs. (2)-(4): ReLU hidden layers, linear Q-values q
+  2. action selection        eq. (5): max-Boltzmann; the winner s gets z_s = 1
+  3. reward and RPE          r = 1 if s is the label else 0;  delta = r - q_s
+  4. feedback pass           eqs. (8), (10), (12): only the winner sends feedback,
+                             through W', gated at every node by g (the ReLU derivative)
+  5. four-factor update      eqs. (1), (6), (7), (9), (11):
+                             dW_{p,m} = alpha * delta * pre_p * g_m * fb_m, and dW' = dW
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qagrel_cli.models import QNetwork
+
+
+@dataclass
+class BatchStats:
+    """Per-batch sums, kept on the training device (read once per epoch)."""
+
+    rewarded: torch.Tensor  # number of rewarded trials (BP: correct argmax)
+    loss: torch.Tensor  # summed loss (Q-AGREL: E = delta^2 / 2; BP: cross-entropy)
+
+
+def select_action(q: torch.Tensor, epsilon: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. (5), max-Boltzmann: argmax_l q_l with probability 1 - epsilon, else a draw from softmax(q)."""
+    greedy = q.argmax(dim=1)
+    if epsilon <= 0:
+        return greedy
+    boltzmann = torch.multinomial(F.softmax(q, dim=1), 1, generator=generator).squeeze(1)
+    explore = torch.rand(q.shape[0], generator=generator, device=q.device) < epsilon
+    return torch.where(explore, boltzmann, greedy)
+
+
+def reward_prediction_error(q: torch.Tensor, action: torch.Tensor, labels: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direct reward r (1 if the selected unit is the label) and the RPE delta = r - q_s."""
+    reward = (action == labels).to(q.dtype)
+    q_s = q.gather(1, action[:, None]).squeeze(1)
+    return reward, reward - q_s
+
+
+def qagrel_weight_changes(net: QNetwork, activities: list[torch.Tensor], action: torch.Tensor,
+                          delta: torch.Tensor, lr: float) -> list[torch.Tensor]:
+    """Eqs. (6)-(12): the change of every layer's W (and, identically, of W'), batch-averaged.
+
+    Walks the feedback network from the output down. At the output, only the
+    selected unit is active (z, eq. 6). At each lower node the feedback unit
+    is gated by its feedforward unit (g) and passes its activity down through
+    W' (eqs. 8, 10, 12). Every synapse multiplies the four factors:
+    RPE (delta) x presynaptic activity (pre) x postsynaptic gate (g) x feedback (fb).
+    """
+    batch = delta.shape[0]
+    num_layers = len(net.layers)
+    z = F.one_hot(action, net.layers[-1].weight.shape[0]).to(delta.dtype)
+    fb = z  # feedback arriving at the output nodes: only the winner s is active
+    changes: list[torch.Tensor] = [torch.empty(0)] * num_layers
+    for n in reversed(range(num_layers)):
+        layer, pre = net.layers[n], activities[n]
+        post = activities[n + 1] if n + 1 < num_layers else None
+        # Activity of the postsynaptic feedback units: g * fb (the output layer is linear: g = 1).
+        gated_fb = fb if post is None else net.gate(n, post) * fb
+        rpe = delta.view(batch, *([1] * (pre.dim() - 1)))
+        # Four factors: alpha * delta * pre * (g * fb), summed over trials, divided by the batch size.
+        changes[n] = (lr / batch) * layer.synapse_product(rpe * pre, gated_fb)
+        if n > 0:
+            fb = layer.feedback(gated_fb, pre.shape)  # through W' (not W) to the layer below
+    return changes
+
+
+@torch.no_grad()
+def apply_weight_changes(net: QNetwork, changes: list[torch.Tensor]) -> None:
+    """Add each change to the feedforward synapses and to their reciprocal feedback synapses."""
+    for layer, change in zip(net.layers, changes):
+        layer.weight.add_(change)
+        layer.feedback_weight.add_(change)
+
+
+@torch.no_grad()
+def qagrel_step(net: QNetwork, x: torch.Tensor, labels: torch.Tensor, lr: float, epsilon: float,
+                generator: torch.Generator | None = None) -> BatchStats:
+    """One Q-AGREL batch: forward, select, reward, feedback, update. Returns on-device sums."""
+    q, activities = net(x, generator)
+    action = select_action(q, epsilon, generator)
+    reward, delta = reward_prediction_error(q, action, labels)
+    apply_weight_changes(net, qagrel_weight_changes(net, activities, action, delta, lr))
+    return BatchStats(rewarded=reward.sum(), loss=0.5 * delta.square().sum())
+
+
+def bp_step(net: QNetwork, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
+            generator: torch.Generator | None = None) -> BatchStats:
+    """One error-backpropagation batch: softmax + cross-entropy (batch mean), autograd through W."""
+    q, _ = net(x, generator)
+    loss = F.cross_entropy(q, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        correct = (q.argmax(dim=1) == labels).sum().to(q.dtype)
+    return BatchStats(rewarded=correct, loss=loss.detach() * labels.shape[0])
+
+
+def alignment_angles(net: QNetwork) -> list[float]:
+    """Per layer, the angle in degrees between W and W'^T (0 = strict reciprocity).
+
+    W' is stored in W's index order (see layers.py), so this is the angle
+    between the two tensors as stored.
+    """
+    angles = []
+    for layer in net.layers:
+        w, b = layer.weight.detach().flatten(), layer.feedback_weight.flatten()
+        cos = torch.dot(w, b) / (w.norm() * b.norm()).clamp_min(1e-30)
+        angles.append(math.degrees(math.acos(max(-1.0, min(1.0, float(cos))))))
+    return angles
