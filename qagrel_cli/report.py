@@ -1,0 +1,25 @@
+"""Human-readable views of a run's summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """Print the end-of-run summary: stop epoch, best validation, test accuracy, time."""
+    cfg = summary["config"]
+    table = Table(title=f"{summary['run_id']}  ({summary['status']})", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("rule / arch", f"{cfg['rule']} / {cfg['arch']} {summary['hidden_units']}  (alpha {cfg['lr']:g})")
+    table.add_row("stop epoch", str(summary["stop_epoch"]))
+    table.add_row("best epoch", str(summary["best_epoch"]))
+    table.add_row("best validation accuracy", f"{100 * summary['best_val_acc']:.2f} %")
+    table.add_row("test accuracy at best epoch", f"{100 * summary['test_acc_at_best']:.2f} %")
+    table.add_row("test accuracy at stop", f"{100 * summary['test_acc_at_stop']:.2f} %")
+    table.add_row("converged", "yes" if summary["converged"] else "no")
+    table.add_row("wall time", f"{summary['wall_seconds']:.1f} s on {summary['device']}")
+    console.print(table)
