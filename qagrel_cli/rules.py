@@ -34,7 +34,10 @@ def select_action(q: torch.Tensor, epsilon: float, generator: torch.Generator | 
     greedy = q.argmax(dim=1)
     if epsilon <= 0:
         return greedy
-    boltzmann = torch.multinomial(F.softmax(q, dim=1), 1, generator=generator).squeeze(1)
+    # A diverged network has non-finite q; keep drawing (uniformly) instead of failing mid-epoch on the
+    # device: the epoch's non-finite loss marks the run as diverged when the epoch ends.
+    probabilities = F.softmax(q, dim=1).nan_to_num(nan=1.0)
+    boltzmann = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
     explore = torch.rand(q.shape[0], generator=generator, device=q.device) < epsilon
     return torch.where(explore, boltzmann, greedy)
 
