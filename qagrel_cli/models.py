@@ -49,15 +49,19 @@ class QNetwork(nn.Module):
             activities.append(y)
         return self.layers[-1](activities[-1]), activities
 
-    def gate(self, n: int, activity: torch.Tensor) -> torch.Tensor:
-        """g of hidden layer n's nodes: dy/da of ReLU (x the inverted-dropout scale when training).
+    def gated_feedback(self, n: int, activity: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
+        """g * fb at hidden layer n's nodes: the feedback unit is open iff its feedforward unit fires.
 
-        For a ReLU node the derivative is all-or-nothing, so it can be read off
-        the node's own activity: the feedback unit is open iff the feedforward
-        unit fires (eqs. 7, 9).
+        g is the ReLU derivative (eqs. 7, 9), all-or-nothing, so it is read off the
+        node's own activity; a dropped node has zero activity and is closed. Kept
+        nodes of a dropout layer carry the inverted-dropout scale 1 / (1 - p), the
+        derivative of their activity.
         """
+        # fb where activity > 0, else 0: the fused kernel autograd uses for ReLU's backward
+        # (about 10x faster here than torch.where on a CPU).
+        gated = torch.ops.aten.threshold_backward(feedback, activity, 0)
         p = self.dropout[n] if self.training else 0.0
-        return (activity > 0).to(activity.dtype) * (1.0 / (1.0 - p))
+        return gated * (1.0 / (1.0 - p)) if p > 0 else gated
 
     def hidden_units(self, input_shape: tuple[int, ...]) -> str:
         """Table 1's 'hidden units' string, e.g. '21632-5408-500', computed from the built layers."""

@@ -60,22 +60,29 @@ def qagrel_weight_changes(net: QNetwork, activities: list[torch.Tensor], action:
     W' (eqs. 8, 10, 12). Every synapse multiplies the four factors:
     RPE (delta) x presynaptic activity (pre) x postsynaptic gate (g) x feedback (fb).
     """
-    batch = delta.shape[0]
     num_layers = len(net.layers)
     z = F.one_hot(action, net.layers[-1].weight.shape[0]).to(delta.dtype)
     fb = z  # feedback arriving at the output nodes: only the winner s is active
+    rpe = (lr / delta.shape[0]) * delta  # alpha * delta, averaged over the trials of the batch
     changes: list[torch.Tensor] = [torch.empty(0)] * num_layers
     for n in reversed(range(num_layers)):
         layer, pre = net.layers[n], activities[n]
-        post = activities[n + 1] if n + 1 < num_layers else None
-        # Activity of the postsynaptic feedback units: g * fb (the output layer is linear: g = 1).
-        gated_fb = fb if post is None else net.gate(n, post) * fb
-        rpe = delta.view(batch, *([1] * (pre.dim() - 1)))
-        # Four factors: alpha * delta * pre * (g * fb), summed over trials, divided by the batch size.
-        changes[n] = (lr / batch) * layer.synapse_product(rpe * pre, gated_fb)
+        # Activity of the postsynaptic feedback units, g * fb (the output layer is linear: g = 1).
+        post = fb if n == num_layers - 1 else net.gated_feedback(n, activities[n + 1], fb)
+        # Four factors: alpha * delta * pre * (g * fb), summed over the batch. The product is
+        # bilinear, so delta may scale either side: it scales the smaller one (one pass fewer).
+        if pre.numel() <= post.numel():
+            changes[n] = layer.synapse_product(_per_trial(rpe, pre) * pre, post)
+        else:
+            changes[n] = layer.synapse_product(pre, _per_trial(rpe, post) * post)
         if n > 0:
-            fb = layer.feedback(gated_fb, pre.shape)  # through W' (not W) to the layer below
+            fb = layer.feedback(post, pre.shape)  # through W' (not W) to the layer below
     return changes
+
+
+def _per_trial(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Shape a per-trial vector (B,) to broadcast over a batch of activity maps like `like`."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 @torch.no_grad()

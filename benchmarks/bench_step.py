@@ -1,0 +1,93 @@
+"""Time one training step of qagrel's engine against a plain PyTorch step of the same network.
+
+    python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--min-seconds 2]
+
+For conv and loccon on MNIST-sized (1x28x28) and CIFAR-sized (3x32x32) input,
+it measures, side by side in one process:
+  plain-bp : nn.Sequential of the same layers, autograd, torch.optim.SGD
+  qagrel   : qagrel_cli.rules.qagrel_step (forward, selection, RPE, feedback, update)
+  bp       : qagrel_cli.rules.bp_step (the engine's BP on its own layers)
+and prints ratios: qagrel / plain-bp (target <= 1.1) and loccon / conv (target <= 3).
+Times are medians of torch.utils.benchmark's blocked_autorange (CUDA-synchronised).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import benchmark
+
+from qagrel_cli.config import Arch
+from qagrel_cli.layers import LocallyConnected2d
+from qagrel_cli.models import CONV_DROPOUT, LAST_HIDDEN_DROPOUT, build_network
+from qagrel_cli.rules import bp_step, qagrel_step
+
+SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
+
+
+def plain_sequential(arch: Arch, shape: tuple[int, int, int], classes: int) -> nn.Sequential:
+    """The same network written the ordinary PyTorch way (no feedback weights, no biases)."""
+    channels, height, width = shape
+    first: nn.Module = (nn.Conv2d(channels, 32, 3, bias=False) if arch == Arch.conv
+                        else LocallyConnected2d(channels, 32, 3, (height, width)))
+    h2 = (height - 3) // 2 + 1
+    return nn.Sequential(first, nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1, bias=False), nn.ReLU(),
+                         nn.Dropout(CONV_DROPOUT), nn.Flatten(), nn.Linear(32 * h2 * h2, 500, bias=False),
+                         nn.ReLU(), nn.Dropout(LAST_HIDDEN_DROPOUT), nn.Linear(500, classes, bias=False))
+
+
+def time_step(fn, min_seconds: float) -> float:
+    """Median seconds per call."""
+    for _ in range(3):  # warm-up: allocator, kernels, lazy init
+        fn()
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_seconds).median
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--min-seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}")
+    print(f"{'input':6} {'arch':7} {'plain-bp ms':>11} {'bp ms':>8} {'qagrel ms':>10} {'qagrel/plain':>13}")
+    per_arch: dict[tuple[str, str], float] = {}
+    for data, shape in SHAPES.items():
+        for arch in (Arch.conv, Arch.loccon):
+            x = torch.rand(args.batch_size, *shape, device=device)
+            y = torch.randint(0, 10, (args.batch_size,), device=device)
+            gen = torch.Generator(device=device).manual_seed(0)
+
+            plain = plain_sequential(arch, shape, 10).to(device).train()
+            plain_opt = torch.optim.SGD(plain.parameters(), lr=0.01)
+
+            def plain_step() -> None:
+                loss = F.cross_entropy(plain(x), y)
+                plain_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                plain_opt.step()
+
+            net = build_network(arch, (500,), shape, 10)
+            net.reset_weights(0.02, True, torch.Generator().manual_seed(0))
+            net.to(device).train()
+            opt = torch.optim.SGD(net.parameters(), lr=0.01)
+            times = {
+                "plain": time_step(plain_step, args.min_seconds),
+                "bp": time_step(lambda: bp_step(net, opt, x, y, gen), args.min_seconds),
+                "qagrel": time_step(lambda: qagrel_step(net, x, y, 1.0, 0.02, gen), args.min_seconds),
+            }
+            per_arch[(data, arch.value)] = times["qagrel"]
+            print(f"{data:6} {arch.value:7} {1e3 * times['plain']:11.2f} {1e3 * times['bp']:8.2f} "
+                  f"{1e3 * times['qagrel']:10.2f} {times['qagrel'] / times['plain']:12.2f}x")
+    for data in SHAPES:
+        ratio = per_arch[(data, "loccon")] / per_arch[(data, "conv")]
+        print(f"{data}: qagrel loccon / conv step = {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
