@@ -282,10 +282,17 @@ def _download(dataset: Dataset, data_dir: Path, folder: Path) -> None:
 
     cls = {Dataset.mnist: tvd.MNIST, Dataset.fashion_mnist: tvd.FashionMNIST,
            Dataset.cifar10: tvd.CIFAR10, Dataset.cifar100: tvd.CIFAR100}[dataset]
+    created = None  # the topmost folder this download will create, if any
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        created = parent
     try:
         # The test split is the smaller one to parse; the download fetches both.
         cls(root=str(data_dir), train=False, download=True)
     except (OSError, RuntimeError, ValueError, EOFError) as e:  # URLError is an OSError
+        if created is not None:  # leave no empty or half-downloaded folders behind
+            shutil.rmtree(created, ignore_errors=True)
         raise QagrelError(f"could not download {dataset.value} into {folder} ({_one_line(e)}); "
                           f"check the internet connection, or {_POINT_HINT.format(layout=_layout(dataset))}") from None
 
