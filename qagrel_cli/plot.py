@@ -1,0 +1,332 @@
+"""`qagrel plot`: the paper's Figure 3 over a folder of runs, or the learning curves of one run.
+
+Figure 3 (section 4 of the paper) shows, for CIFAR10 and CIFAR100, the training reward
+probability of Q-AGREL networks and 1 - training error of error-backpropagation networks
+over epochs, as mean +/- 2 SD over 10 seeds. Both are the log's `train_reward` column.
+
+Seeds stop at different epochs (early stopping). By default a stopped seed holds its last
+value, so every point of a curve averages the same networks; with `after_stop="drop"` it
+leaves the mean instead and n shrinks. Every figure's caption says which.
+
+Each figure gets a CSV beside it (same name, `.csv`) holding exactly the plotted numbers.
+Only unfinished and diverged runs are left out of Figure 3; the caption counts them.
+
+Matplotlib is used through `Figure` objects, never pyplot: pyplot is the only part that picks
+a GUI backend and keeps global figures, so without it plotting is headless (Agg renders the
+PNG) and leaves no state behind in a caller's process.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections import defaultdict
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import pandas as pd
+
+from qagrel_cli.config import CONFIG_FIELDS, Arch, Dataset, QagrelError, Rule, parse_fc
+from qagrel_cli.runs import atomic_write, find_run_dirs, is_run_dir, read_config, read_log, read_summary
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn (it is slow to import)
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+class Metric(str, Enum):
+    train = "train"  # Q-AGREL reward probability / BP 1 - training error: the paper's Figure 3
+    val = "val"
+    test = "test"
+
+
+class AfterStop(str, Enum):
+    hold = "hold"  # a seed that stopped early keeps its last value
+    drop = "drop"  # ... or leaves the mean
+
+
+class PlotFormat(str, Enum):
+    png = "png"
+    pdf = "pdf"
+    svg = "svg"
+
+
+METRIC_COLUMN = {Metric.train: "train_reward", Metric.val: "val_acc", Metric.test: "test_acc"}
+METRIC_LABEL = {Metric.train: "P(reward) or 1 − error (train)", Metric.val: "validation accuracy",
+                Metric.test: "test accuracy"}
+RULE_LABEL = {Rule.qagrel.value: "Q-AGREL", Rule.bp.value: "Error-BP"}
+DATASET_LABEL = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+# Q-AGREL curves in blues/greens, BP in oranges/reds, as far as the variants of a rule go.
+_COLORS = {Rule.qagrel.value: ("#1f77b4", "#2ca02c", "#17becf", "#9467bd"),
+           Rule.bp.value: ("#ff7f0e", "#d62728", "#8c564b", "#e377c2")}
+# Config fields that name the panel or the rule, or only tell seeds apart. Any other field that
+# differs between runs of one rule in one panel (lr, feedback, ...) gives that rule one curve per value:
+# pooling such runs as if they were seeds would report a spread that no single setting has.
+_NOT_VARIANT = frozenset({"dataset", "arch", "fc", "rule", "seed", "device"})
+CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "rule", "variant", "epoch", "n", "mean", "sd",
+               "lower", "upper")
+
+
+@dataclass(frozen=True)
+class Plotted:
+    """What `plot` wrote, and what it left out (one line each, e.g. '2 unfinished runs not shown')."""
+
+    figure: Path
+    csv: Path
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Run:
+    config: dict[str, Any]
+    log: pd.DataFrame
+
+    @property
+    def fc(self) -> tuple[int, ...]:
+        fc = self.config.get("fc")
+        if fc is None and "fc" in self.log:
+            fc = self.log["fc"].iloc[0]
+        return parse_fc(fc) or ()
+
+    @property
+    def hidden_units(self) -> str:
+        """Table 1's 'hidden units' (e.g. 28800-7200-500) when the engine logged it, else the fc sizes."""
+        if "hidden_units" in self.log and pd.notna(self.log["hidden_units"].iloc[0]):
+            return str(self.log["hidden_units"].iloc[0])
+        return "-".join(str(s) for s in self.fc)
+
+    def curve(self, column: str) -> pd.Series:
+        """`column` indexed by epoch (a resumed run may log an epoch twice: its last value counts)."""
+        log = self.log.drop_duplicates("epoch", keep="last").sort_values("epoch")
+        return pd.Series(log[column].to_numpy(dtype=float), index=log["epoch"].astype(int).to_numpy())
+
+
+def plot(path: Path, out: Path | None = None, *, metric: Metric = Metric.train,
+         after_stop: AfterStop = AfterStop.hold, fmt: PlotFormat | None = None,
+         datasets: Sequence[Dataset] = (), archs: Sequence[Arch] = (), fcs: Sequence[str] = ()) -> Plotted:
+    """Plot one run folder's learning curves, or Figure 3 over every run below `path`.
+
+    `out` is a folder (default `figures/`) or a file name ending in .png, .pdf or .svg.
+    `metric`, `after_stop` and the filters (`datasets`, `archs`, `fcs`: hidden sizes like '1000,500'
+    or Table 1's '28800-7200-1000-500') apply to Figure 3 only.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise QagrelError(f"{path} does not exist")
+    if is_run_dir(path):
+        out_file, fmt = _output_file(out, path.resolve().name, fmt)
+        return plot_run(path, out_file, fmt)
+    runs, notes = _finished_runs(path)
+    runs = _select(runs, path, datasets, archs, fcs)
+    rules = {str(r.config["rule"]) for r in runs}
+    if len(rules) < 2:
+        only = RULE_LABEL.get(next(iter(rules)), next(iter(rules)))
+        raise QagrelError(f"{path} holds finished runs of only one rule ({only}); Figure 3 compares Q-AGREL "
+                          "with Error-BP, so add runs of the other rule (or plot a single run folder)")
+    name_parts = [path.resolve().name, "figure3"]
+    name_parts += [] if metric == Metric.train else [metric.value]
+    name_parts += [a.value for a in archs] + [d.value for d in datasets] + [f.replace(",", "-") for f in fcs]
+    name_parts += ["drop"] if after_stop == AfterStop.drop else []
+    out_file, fmt = _output_file(out, "_".join(name_parts), fmt)
+    return plot_figure3(runs, out_file, fmt, metric=metric, after_stop=after_stop, notes=notes)
+
+
+def aggregate(curves: Sequence[pd.Series], after_stop: AfterStop = AfterStop.hold) -> pd.DataFrame:
+    """Per epoch: n, mean, sample SD (ddof=1), and the band mean +/- 2 SD over `curves` (Series indexed by epoch).
+
+    hold: a curve that ends early keeps its last value to the last epoch of the longest curve, so n is
+    constant; drop: it leaves the mean after its last epoch. sd, lower and upper are NaN where n < 2.
+    """
+    wide = pd.concat(list(curves), axis=1, keys=range(len(curves)))
+    wide = wide.reindex(range(1, int(wide.index.max()) + 1))
+    if after_stop == AfterStop.hold:
+        wide = wide.ffill()
+    mean, sd = wide.mean(axis=1), wide.std(axis=1, ddof=1)
+    return pd.DataFrame({"epoch": wide.index, "n": wide.count(axis=1).to_numpy(), "mean": mean.to_numpy(),
+                         "sd": sd.to_numpy(), "lower": (mean - 2 * sd).to_numpy(), "upper": (mean + 2 * sd).to_numpy()})
+
+
+def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metric: Metric,
+                 after_stop: AfterStop, notes: Sequence[str] = ()) -> Plotted:
+    """Draw one panel per dataset (columns) and architecture/hidden-units group (rows); write figure and CSV."""
+    panels: dict[tuple[str, str, tuple[int, ...]], list[_Run]] = defaultdict(list)
+    for run in runs:
+        panels[(str(run.config["dataset"]), str(run.config["arch"]), run.fc)].append(run)
+    columns = sorted({d for d, _, _ in panels}, key=lambda d: _order(Dataset, d))
+    rows = sorted({(a, fc) for _, a, fc in panels}, key=lambda g: (_order(Arch, g[0]), g[1]))
+    width = max(6.4, 4.6 * len(columns))  # one panel alone still has room for the title and caption
+    fig = _figure(figsize=(width, 3.5 * len(rows) + 0.7))
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    tables = []
+    for i, (arch, fc) in enumerate(rows):
+        for j, dataset in enumerate(columns):
+            ax = axes[i][j]
+            if (dataset, arch, fc) not in panels:
+                ax.set_axis_off()  # e.g. the fc networks were only run on MNIST
+                continue
+            tables.append(_draw_panel(ax, panels[(dataset, arch, fc)], METRIC_COLUMN[metric], after_stop))
+            ax.set_ylabel(METRIC_LABEL[metric])
+    what = {Metric.train: "Q-AGREL: probability of reward on the training trials (exploration included); "
+                          "Error-BP: 1 − training error.",
+            Metric.val: "Validation accuracy.", Metric.test: "Test accuracy."}[metric]
+    stop = ("Seeds that stopped early hold their last value." if after_stop == AfterStop.hold
+            else "Seeds that stopped early drop out of the mean (n falls; no band where n < 2).")
+    # Non-breaking spaces keep "± 2 SD" on one line when the caption wraps.
+    caption = " ".join([what, "Line: mean over seeds; band: mean\u00a0±\u00a02\u00a0SD.", stop, *notes])
+    fig.suptitle("Q-AGREL (trial and error) vs error-backpropagation", fontsize="large")
+    fig.supxlabel(textwrap.fill(caption, width=int(16 * width)), fontsize="small")
+    table = pd.concat(tables, ignore_index=True)[list(CSV_COLUMNS)]
+    return _save(fig, table, out_file, fmt, list(notes))
+
+
+def plot_run(run_dir: Path, out_file: Path, fmt: PlotFormat) -> Plotted:
+    """One run's train reward rate (or BP train accuracy), validation and test accuracy per epoch, best-val marked."""
+    config, summary = read_config(run_dir), read_summary(run_dir)
+    run = _Run(config, read_log(run_dir))
+    if run.log.empty:
+        raise QagrelError(f"{run_dir} has no finished epoch yet; nothing to plot")
+    curves = {c: run.curve(c) for c in ("train_reward", "val_acc", "test_acc")}
+    table = pd.DataFrame({"epoch": curves["val_acc"].index, **{c: s.to_numpy() for c, s in curves.items()}})
+    # The epoch the model is kept from (its test accuracy is Table 1's): the engine's when finished, else
+    # the first best validation accuracy so far.
+    if summary is not None and summary.get("best_epoch") in curves["val_acc"].index:
+        best = int(summary["best_epoch"])
+    else:
+        best = int(curves["val_acc"].idxmax()) if curves["val_acc"].notna().any() else None
+    table["best_val"] = table["epoch"] == best
+
+    fig = _figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    train_label = "train reward rate" if config.get("rule") == Rule.qagrel.value else "train accuracy (1 − error)"
+    for column, label in (("train_reward", train_label), ("val_acc", "validation accuracy"),
+                          ("test_acc", "test accuracy")):
+        ax.plot(table["epoch"], table[column], marker="." if len(table) < 30 else None, label=label)
+    if best is not None:
+        best_val = float(curves["val_acc"][best])
+        ax.axvline(best, color="grey", linestyle=":", label=f"best validation {best_val:.4f} (epoch {best})")
+        ax.plot([best], [best_val], marker="o", markersize=8, markerfacecolor="none", color="black")
+    _style_axes(ax)
+    ax.set_ylabel("fraction")
+    logged_id = run.log["run_id"].iloc[0] if "run_id" in run.log else None
+    ax.set_title(str(config.get("run_id") or logged_id or run_dir.name), fontsize="medium")
+    last = int(table["epoch"].iloc[-1])
+    status = ("still running" if summary is None else
+              "diverged" if summary.get("diverged") else "finished")
+    fig.supxlabel(f"{RULE_LABEL.get(config.get('rule'), config.get('rule'))}, {status} after epoch {last}. "
+                  "Circle: best validation accuracy (the epoch the model is kept from).", fontsize="small")
+    return _save(fig, table, out_file, fmt, [])
+
+
+def _finished_runs(root: Path) -> tuple[list[_Run], list[str]]:
+    """The finished, non-diverged runs below `root`, and a note for each kind left out."""
+    run_dirs = find_run_dirs(root)
+    if not run_dirs:
+        raise QagrelError(f"no runs in {root} (no run folder with a _config.yaml at or below it)")
+    runs, left_out = [], defaultdict(int)
+    for run_dir in run_dirs:
+        summary = read_summary(run_dir)
+        if summary is None:
+            left_out["unfinished"] += 1  # its curve would end at wherever training happens to be now
+        elif summary.get("diverged"):
+            left_out["diverged"] += 1  # non-finite values would poison the mean
+        else:
+            log = read_log(run_dir)
+            if log.empty:
+                left_out["empty"] += 1
+            else:
+                runs.append(_Run(read_config(run_dir), log))
+    notes = [f"{n} {kind} run{'s' if n > 1 else ''} not shown." for kind, n in left_out.items()]
+    if not runs:
+        raise QagrelError(f"no finished runs in {root} ({', '.join(f'{n} {k}' for k, n in left_out.items())})")
+    return runs, notes
+
+
+def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Sequence[Arch],
+            fcs: Sequence[str]) -> list[_Run]:
+    """Keep the runs matching every given filter (an empty filter keeps all)."""
+    wanted_fc = [(parse_fc(f), f.replace(",", "-")) for f in fcs]
+    keep = [r for r in runs
+            if (not datasets or r.config["dataset"] in {d.value for d in datasets})
+            and (not archs or r.config["arch"] in {a.value for a in archs})
+            and (not fcs or any(r.fc == sizes or r.hidden_units == text for sizes, text in wanted_fc))]
+    if not keep:
+        raise QagrelError(f"no finished runs in {root} match the chosen datasets, architectures and fc sizes")
+    return keep
+
+
+def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterStop) -> pd.DataFrame:
+    """Mean line and +/- 2 SD band per rule (and variant) on `ax`; returns the plotted numbers."""
+    first = runs[0]
+    dataset, arch = str(first.config["dataset"]), str(first.config["arch"])
+    ax.set_title(f"{DATASET_LABEL.get(dataset, dataset)}\n{arch} {first.hidden_units}", fontsize="medium")
+    by_rule: dict[str, list[_Run]] = defaultdict(list)
+    for run in runs:
+        by_rule[str(run.config["rule"])].append(run)
+    tables = []
+    for rule in sorted(by_rule, key=lambda r: _order(Rule, r)):
+        for k, (variant, group) in enumerate(_variants(by_rule[rule]).items()):
+            stats = aggregate([r.curve(column) for r in group], after_stop)
+            color = _COLORS.get(rule, ("#7f7f7f",))[k % 4]
+            label = f"{RULE_LABEL.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
+            ax.plot(stats["epoch"], stats["mean"], color=color, label=label)
+            ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.25, linewidth=0)
+            tables.append(stats.assign(panel=f"{dataset}-{arch}-{'-'.join(map(str, first.fc))}", dataset=dataset,
+                                       arch=arch, hidden_units=first.hidden_units, rule=rule, variant=variant))
+    _style_axes(ax)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _variants(runs: Sequence[_Run]) -> dict[str, list[_Run]]:
+    """Group one rule's runs by the config fields (other than seed) that differ between them: 'lr=0.1' -> runs."""
+    fields = [f for f in CONFIG_FIELDS if f not in _NOT_VARIANT]
+    varying = [f for f in fields if len({repr(r.config.get(f)) for r in runs}) > 1]
+    groups: dict[str, list[_Run]] = defaultdict(list)
+    for run in runs:
+        groups[", ".join(f"{f}={run.config.get(f)}" for f in varying)].append(run)
+    return dict(sorted(groups.items()))
+
+
+def _order(enum: type[Enum], value: str) -> tuple[int, str]:
+    """Sort key: the enum's declaration order (the paper's order), unknown values last."""
+    values = [e.value for e in enum]
+    return (values.index(value) if value in values else len(values), value)
+
+
+def _output_file(out: Path | None, default_stem: str, fmt: PlotFormat | None) -> tuple[Path, PlotFormat]:
+    """Resolve `--out` (a folder, or a file whose extension gives the format) and `--format`."""
+    suffix = out.suffix.lower().lstrip(".") if out is not None and not out.is_dir() else ""
+    if suffix:
+        if suffix not in {f.value for f in PlotFormat}:
+            raise QagrelError(f"--out {out}: give a folder, or a file name ending in .png, .pdf or .svg")
+        if fmt is not None and fmt.value != suffix:
+            raise QagrelError(f"--format {fmt.value} contradicts the extension of --out {out}")
+        return out, PlotFormat(suffix)
+    fmt = fmt or PlotFormat.png
+    return (out if out is not None else Path("figures")) / f"{default_stem}.{fmt.value}", fmt
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    from matplotlib.figure import Figure  # no pyplot: see the module docstring
+
+    return Figure(figsize=figsize, layout="constrained", dpi=150)
+
+
+def _style_axes(ax: Axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+
+
+def _save(fig: Figure, table: pd.DataFrame, out_file: Path, fmt: PlotFormat, notes: list[str]) -> Plotted:
+    """Write the figure and its numbers (same name, .csv) atomically."""
+    csv = out_file.with_suffix(".csv")
+    atomic_write(out_file, lambda tmp: fig.savefig(tmp, format=fmt.value))
+    atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
+    return Plotted(out_file, csv, notes)
+
+
+__all__ = ["plot", "plot_figure3", "plot_run", "aggregate", "Metric", "AfterStop", "PlotFormat", "Plotted"]

@@ -1,0 +1,227 @@
+"""`qagrel plot`: Figure 3 and per-run figures from fabricated run folders with known curves.
+
+Every curve is a straight line train_reward = a + b * epoch, stopped at a chosen epoch, so the
+means, SDs and +/- 2 SD bands the CSV must hold are computed here independently with numpy.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from qagrel_cli.cli import app
+from qagrel_cli.config import Arch, TrainConfig
+from qagrel_cli.plot import AfterStop, Metric, PlotFormat, aggregate, plot
+from qagrel_cli.runs import write_config, write_log, write_summary
+
+# (a, b, stop epoch) per seed: different slopes and different early-stopping epochs.
+QAGREL_SEEDS = [(0.10, 0.050, 6), (0.20, 0.030, 9), (0.15, 0.040, 12)]
+BP_SEEDS = [(0.30, 0.050, 5), (0.35, 0.040, 8)]
+VAL_OFFSET, TEST_OFFSET = -0.02, -0.03  # val/test curves sit a known distance below the train curve
+
+
+# ----------------------------------------------------------------- helpers
+
+def make_run(root: Path, rule: str, seed: int, a: float, b: float, stop: int, *, dataset: str = "cifar10",
+             arch: str = "conv", finished: bool = True, diverged: bool = False, **overrides) -> Path:
+    """A run folder as the engine leaves it: _config.yaml, log.parquet (config columns on every row), _summary.json."""
+    config = TrainConfig(dataset=dataset, arch=arch, rule=rule, seed=seed, **overrides).resolved()
+    run_dir = root / config.run_id
+    write_config(run_dir, config.to_dict())
+    epochs = np.arange(1, stop + 1)
+    reward = a + b * epochs
+    log = pd.DataFrame({"epoch": epochs, "train_reward": reward, "train_loss": 1 - reward,
+                        "val_acc": reward + VAL_OFFSET, "test_acc": reward + TEST_OFFSET,
+                        "epoch_seconds": 1.0, "samples_per_second": 1000.0, "lr": config.lr})
+    for key, value in config.to_dict().items():
+        if key not in ("lr", "fc"):
+            log[key] = value
+    log["fc"] = "-".join(map(str, config.fc))
+    log["hidden_units"] = "28800-7200-" + log["fc"]
+    log["run_id"] = config.run_id
+    write_log(run_dir, log)
+    if finished:
+        write_summary(run_dir, {"run_id": config.run_id, "diverged": diverged, "stop_epoch": stop,
+                                "best_epoch": stop, "status": "diverged" if diverged else "finished"})
+    return run_dir
+
+
+def make_sweep(root: Path, **kwargs) -> Path:
+    for seed, (a, b, stop) in enumerate(QAGREL_SEEDS):
+        make_run(root, "qagrel", seed, a, b, stop, **kwargs)
+    for seed, (a, b, stop) in enumerate(BP_SEEDS):
+        make_run(root, "bp", seed, a, b, stop, **kwargs)
+    return root
+
+
+def expected(seeds: list[tuple[float, float, int]], after_stop: str, offset: float = 0.0) -> dict[str, np.ndarray]:
+    """The statistics of straight-line curves, independently of the code under test."""
+    last = max(stop for _, _, stop in seeds)
+    epochs = np.arange(1, last + 1)
+    values = np.full((len(seeds), last), np.nan)
+    for i, (a, b, stop) in enumerate(seeds):
+        values[i, :stop] = a + b * epochs[:stop] + offset
+        if after_stop == "hold":
+            values[i, stop:] = values[i, stop - 1]
+    n = np.sum(~np.isnan(values), axis=0)
+    mean = np.nanmean(values, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.array([np.std(col[~np.isnan(col)], ddof=1) if k > 1 else np.nan for col, k in zip(values.T, n)])
+    return {"epoch": epochs, "n": n, "mean": mean, "sd": sd, "lower": mean - 2 * sd, "upper": mean + 2 * sd}
+
+
+def assert_csv_curve(table: pd.DataFrame, rule: str, want: dict[str, np.ndarray]) -> None:
+    got = table[table["rule"] == rule].sort_values("epoch")
+    np.testing.assert_array_equal(got["epoch"], want["epoch"])
+    np.testing.assert_array_equal(got["n"], want["n"])
+    for column in ("mean", "sd", "lower", "upper"):
+        np.testing.assert_allclose(got[column], want[column], rtol=1e-9, atol=1e-12, equal_nan=True,
+                                   err_msg=f"{rule} {column}")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (after checking the signature)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# ----------------------------------------------------------------- Figure 3
+
+def test_figure3_writes_a_valid_png_of_sane_size(tmp_path):
+    result = plot(make_sweep(tmp_path / "sweep"), tmp_path / "figs")
+    assert result.figure == tmp_path / "figs" / "sweep_figure3.png"
+    width, height = png_size(result.figure)
+    assert 500 <= width <= 4000 and 400 <= height <= 4000
+    assert result.figure.stat().st_size > 10_000
+
+
+def test_hold_csv_holds_the_means_sds_and_bands_the_curves_imply(tmp_path):
+    result = plot(make_sweep(tmp_path / "sweep"), tmp_path / "figs", after_stop=AfterStop.hold)
+    table = pd.read_csv(result.csv)
+    assert_csv_curve(table, "qagrel", expected(QAGREL_SEEDS, "hold"))
+    assert_csv_curve(table, "bp", expected(BP_SEEDS, "hold"))
+
+
+def test_drop_csv_holds_the_means_sds_and_bands_of_the_seeds_still_running(tmp_path):
+    result = plot(make_sweep(tmp_path / "sweep"), tmp_path / "figs", after_stop=AfterStop.drop)
+    table = pd.read_csv(result.csv)
+    assert_csv_curve(table, "qagrel", expected(QAGREL_SEEDS, "drop"))
+    assert_csv_curve(table, "bp", expected(BP_SEEDS, "drop"))
+    assert result.figure.name == "sweep_figure3_drop.png"  # does not overwrite the hold figure
+
+
+def test_metric_test_plots_test_accuracy(tmp_path):
+    result = plot(make_sweep(tmp_path / "sweep"), tmp_path / "figs", metric=Metric.test)
+    table = pd.read_csv(result.csv)
+    assert_csv_curve(table, "qagrel", expected(QAGREL_SEEDS, "hold", offset=TEST_OFFSET))
+    assert result.figure.name == "sweep_figure3_test.png"
+
+
+def test_one_panel_per_dataset(tmp_path):
+    root = make_sweep(tmp_path / "sweep", dataset="cifar10")
+    make_sweep(root, dataset="cifar100")
+    table = pd.read_csv(plot(root, tmp_path / "figs").csv)
+    assert sorted(table["panel"].unique()) == ["cifar10-conv-500", "cifar100-conv-500"]
+    assert_csv_curve(table[table["dataset"] == "cifar100"], "bp", expected(BP_SEEDS, "hold"))
+
+
+def test_arch_option_keeps_only_the_chosen_architecture(tmp_path):
+    root = make_sweep(tmp_path / "sweep", arch="conv")
+    make_sweep(root, arch="loccon")
+    table = pd.read_csv(plot(root, tmp_path / "figs", archs=[Arch.loccon]).csv)
+    assert set(table["arch"]) == {"loccon"}
+
+
+def test_runs_differing_in_more_than_the_seed_get_separate_curves(tmp_path):
+    root = make_sweep(tmp_path / "sweep")
+    make_run(root, "bp", 0, 0.5, 0.01, 4, lr=0.1)
+    table = pd.read_csv(plot(root, tmp_path / "figs").csv)
+    assert sorted(table.loc[table["rule"] == "bp", "variant"].unique()) == ["lr=0.001", "lr=0.1"]
+    assert_csv_curve(table[table["variant"] == "lr=0.001"], "bp", expected(BP_SEEDS, "hold"))
+
+
+def test_unfinished_and_diverged_runs_are_left_out_and_noted(tmp_path):
+    root = make_sweep(tmp_path / "sweep")
+    make_run(root, "qagrel", 7, 0.9, 0.0, 3, finished=False)
+    make_run(root, "qagrel", 8, 0.9, 0.0, 3, diverged=True)
+    result = plot(root, tmp_path / "figs")
+    assert_csv_curve(pd.read_csv(result.csv), "qagrel", expected(QAGREL_SEEDS, "hold"))
+    assert result.notes == ["1 unfinished run not shown.", "1 diverged run not shown."]
+
+
+def test_aggregate_band_is_empty_where_only_one_seed_remains():
+    stats = aggregate([pd.Series([0.1, 0.2], index=[1, 2]), pd.Series([0.3], index=[1])], AfterStop.drop)
+    assert stats["n"].tolist() == [2, 1]
+    assert np.isnan(stats.loc[1, "sd"]) and np.isnan(stats.loc[1, "upper"]) and stats.loc[1, "mean"] == 0.2
+
+
+# ----------------------------------------------------------------- one run
+
+def test_one_run_folder_gives_its_learning_curves_with_the_best_val_epoch_marked(tmp_path):
+    run_dir = make_run(tmp_path / "sweep", "qagrel", 0, 0.1, 0.05, 6)
+    result = plot(run_dir, tmp_path / "figs")
+    assert result.figure == tmp_path / "figs" / f"{run_dir.name}.png"
+    png_size(result.figure)
+    table = pd.read_csv(result.csv)
+    assert table.columns.tolist() == ["epoch", "train_reward", "val_acc", "test_acc", "best_val"]
+    np.testing.assert_allclose(table["val_acc"], 0.1 + 0.05 * np.arange(1, 7) + VAL_OFFSET)
+    assert table.loc[table["best_val"], "epoch"].tolist() == [6]
+
+
+# ----------------------------------------------------------------- formats
+
+@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<svg")])
+def test_out_file_extension_chooses_the_format(tmp_path, suffix, magic):
+    out = tmp_path / f"fig3{suffix}"
+    result = plot(make_sweep(tmp_path / "sweep"), out)
+    assert result.figure == out and result.csv == out.with_suffix(".csv")
+    assert magic in out.read_bytes()[:2000]
+
+
+def test_format_option_writes_that_format_into_the_out_folder(tmp_path):
+    result = plot(make_sweep(tmp_path / "sweep"), tmp_path / "figs", fmt=PlotFormat.svg)
+    assert result.figure == tmp_path / "figs" / "sweep_figure3.svg"
+
+
+# ----------------------------------------------------------------- the command line
+
+def test_cli_writes_figure3_and_csv_into_figures_by_default(tmp_path, monkeypatch):
+    make_sweep(tmp_path / "smoke")
+    monkeypatch.chdir(tmp_path)
+    result = invoke("plot", "smoke")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "figures" / "smoke_figure3.png").is_file()
+    assert (tmp_path / "figures" / "smoke_figure3.csv").is_file()
+
+
+def test_cli_error_for_a_path_that_does_not_exist(tmp_path):
+    result = invoke("plot", tmp_path / "nope")
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_cli_error_for_a_folder_with_no_runs(tmp_path):
+    result = invoke("plot", tmp_path)
+    assert result.exit_code == 2 and "no runs in" in result.output
+
+
+def test_cli_error_for_runs_of_only_one_rule(tmp_path):
+    for seed, (a, b, stop) in enumerate(QAGREL_SEEDS):
+        make_run(tmp_path, "qagrel", seed, a, b, stop)
+    result = invoke("plot", tmp_path, "--out", tmp_path / "figs")
+    assert result.exit_code == 2 and "only one rule (Q-AGREL)" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_error_for_an_out_file_of_an_unknown_format(tmp_path):
+    result = invoke("plot", make_sweep(tmp_path / "sweep"), "--out", tmp_path / "fig.jpg")
+    assert result.exit_code == 2 and ".png, .pdf or .svg" in result.output
