@@ -8,11 +8,37 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from qagrel_cli.config import Arch, Dataset, Feedback, Optimizer, QagrelError, Rule, TrainConfig
 
+# typer re-exports only BadParameter; its base is click's UsageError (vendored or not).
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class OneLineErrors(TyperGroup):
+    """Report usage errors (bad option values, unknown options) as one line, not a boxed panel."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `qagrel`: show the help
+                err.show()
+                sys.exit(0)
+            where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            console.print(f"[bold red]error:[/] {err.format_message()}{where}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="qagrel",
+    cls=OneLineErrors,
     help="Reproduce Table 1 of the Q-AGREL paper: biologically plausible deep RL vs error-backpropagation.",
     no_args_is_help=True,
     add_completion=False,
@@ -57,6 +83,10 @@ def train(
                                              rich_help_panel=DATA_PANEL)] = Dataset.mnist,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, validation split, data order, dropout, "
                                       "exploration.", rich_help_panel=RUN_PANEL)] = 0,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="Train several seeds as one pack instead of --seed, e.g. 0-9 or 0,3,5: one batched model on a GPU, "
+        "each seed its own run folder, named by its run id, under --out (default results/runs/).",
+        rich_help_panel=RUN_PANEL, show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(
         help="Learning rate alpha. Default: Table 1's value for this rule, architecture and dataset.",
         rich_help_panel=RULE_PANEL, show_default=False)] = None,
@@ -82,35 +112,179 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA when present.",
                                         rich_help_panel=RUN_PANEL)] = "auto",
     out: Annotated[Optional[Path], typer.Option(
-        help="Run folder. Default: results/runs/<run-id>. Re-running with the same folder resumes.",
+        help="Run folder (with --seeds: the folder holding one run folder per seed). Default: "
+        "results/runs/<run-id>. Re-running with the same folder resumes.",
         rich_help_panel=RUN_PANEL, show_default=False)] = None,
     data_dir: DataDirOption = None,
-    download: DownloadOption = False,
+    download: DownloadOption = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN_PANEL)] = False,
 ) -> None:
     """Train one network of Table 1 and record every epoch (resumable; re-run to continue)."""
     from qagrel_cli.engine import train as run_training
+    from qagrel_cli.pack import parse_seeds, train_pack
     from qagrel_cli.report import print_summary
 
     try:
         config = TrainConfig(dataset=dataset, arch=arch, rule=rule, fc=fc, seed=seed, lr=lr, optimizer=optimizer,
                              epsilon=epsilon, feedback=feedback, init_range=init_range, batch_size=batch_size,
                              max_epochs=max_epochs, patience=patience, train_size=train_size, device=device)
-        summary = run_training(config, out, data_dir=data_dir, download=download, quiet=quiet, console=console)
+        if seeds is not None:
+            summaries = train_pack(config, parse_seeds(seeds), out, data_dir=data_dir, download=download,
+                                   quiet=quiet, console=console)
+        else:
+            summaries = [run_training(config, out, data_dir=data_dir, download=download, quiet=quiet,
+                                      console=console)]
     except QagrelError as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; the last finished epoch is saved: run the same command again to resume", 130)
-    print_summary(summary, Console())
-    if summary["diverged"]:
-        raise fail(f"run diverged at epoch {summary['stop_epoch']} (non-finite loss or weights); "
-                   "try a smaller --lr. The log up to then is kept.", 1)
+    for summary in summaries:
+        print_summary(summary, Console())
+    diverged = [s for s in summaries if s["diverged"]]
+    if diverged:
+        where = ", ".join(f"seed {s['config']['seed']} at epoch {s['stop_epoch']}" for s in diverged)
+        raise fail(f"run diverged ({where}: non-finite loss or weights); try a smaller --lr. "
+                   "The log up to then is kept.", 1)
 
 
 # --- sweep, status, table commands go here ---
+from qagrel_cli.table import AccuracyAt, Compare, EpochsAt, TableFormat  # noqa: E402  (torch loads only when used)
+
+SWEEP_PANEL = "Sweep"
+TABLE_PANEL = "Table"
+ResultsOption = Annotated[Path, typer.Option(
+    "--results", help="Results root: runs go to <results>/<sweep name>/<run id>/.", rich_help_panel=SWEEP_PANEL)]
+
+
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="Sweep file (YAML), e.g. sweeps/table1.yaml.", show_default=False)],
+    workers: Annotated[int, typer.Option(min=1, help="Runs trained at once, one process each; CPU threads are "
+                                         "divided among them, GPUs shared round the runs.",
+                                         rich_help_panel=SWEEP_PANEL)] = 1,
+    results: ResultsOption = Path("results"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the expanded runs and their state; write nothing.",
+                                          rich_help_panel=SWEEP_PANEL)] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the runs that failed (see their "
+                                               "_error.txt) again.", rich_help_panel=SWEEP_PANEL)] = False,
+    data_dir: DataDirOption = None,
+    download: DownloadOption = True,
+) -> None:
+    """Train every run of a sweep file; run it again to resume (Ctrl-C, kill -9 or a reboot lose no finished epoch)."""
+    from qagrel_cli.sweep import load_sweep, print_plan, run_sweep
+
+    try:
+        plan = load_sweep(file)
+        if dry_run:
+            print_plan(plan, results, Console())
+            return
+        outcome = run_sweep(plan, results, workers=workers, data_dir=data_dir, download=download,
+                            retry_failed=retry_failed, console=console)
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    console.print(outcome.describe(), highlight=False, soft_wrap=True)
+    if outcome.interrupted:
+        raise fail("interrupted; every finished epoch is saved: run the same command again to resume", 130)
+    if outcome.failed:
+        raise fail("failed runs: " + ", ".join(str(results / plan.name / r / "_error.txt") for r in outcome.failed), 1)
+
+
+@app.command()
+def status(
+    directory: Annotated[Path, typer.Argument(help="A sweep's results folder (e.g. results/table1) or a folder "
+                                              "of several.")] = Path("results"),
+) -> None:
+    """Count done / running / failed / pending runs per Table 1 row."""
+    from qagrel_cli.sweep import print_status
+
+    try:
+        print_status(directory, Console())
+    except QagrelError as err:
+        raise fail(str(err)) from None
+
+
+@app.command()
+def table(
+    directory: Annotated[Path, typer.Argument(help="A folder of runs, e.g. results/table1 or results/.",
+                                              show_default=False)],
+    fmt: Annotated[TableFormat, typer.Option("--format", help="rich (terminal), markdown, latex (booktabs) or csv.",
+                                             rich_help_panel=TABLE_PANEL)] = TableFormat.rich,
+    epochs: Annotated[EpochsAt, typer.Option(help="Epochs column: the epoch the stopping criterion was met (stop, "
+                                             "the paper's) or of the best validation accuracy (best).",
+                                             rich_help_panel=TABLE_PANEL)] = EpochsAt.stop,
+    accuracy: Annotated[AccuracyAt, typer.Option(help="Accuracy column: test accuracy at the best-validation epoch "
+                                                 "(best, the paper's) or at the last epoch (final).",
+                                                 rich_help_panel=TABLE_PANEL)] = AccuracyAt.best,
+    converged_above: Annotated[float, typer.Option(help="A seed converged when it did not diverge and its best "
+                                                   "validation accuracy is at least this multiple of chance.",
+                                                   rich_help_panel=TABLE_PANEL)] = 2.0,
+    compare: Annotated[Optional[Compare], typer.Option(help="Show the paper's Table 1 beside ours, the difference "
+                                                       "in paper SDs and the Q-AGREL/BP epoch ratios.",
+                                                       rich_help_panel=TABLE_PANEL, show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of the terminal.",
+                                                rich_help_panel=TABLE_PANEL, show_default=False)] = None,
+) -> None:
+    """Table 1 from finished runs: Epochs and Accuracy mean (SD) over seeds per row, in the paper's layout."""
+    from qagrel_cli.runs import atomic_write_text
+    from qagrel_cli.sweep import discover_runs
+    from qagrel_cli.table import build_table, render, rich_view
+
+    try:
+        result = build_table(discover_runs(directory), source=str(directory), epochs_at=epochs, accuracy_at=accuracy,
+                             converged_above=converged_above, compare=compare is not None)
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    if out is not None:
+        atomic_write_text(out, render(result, fmt))
+        console.print(f"wrote {out}", highlight=False)
+    elif fmt == TableFormat.rich:
+        Console().print(rich_view(result))
+    else:
+        sys.stdout.write(render(result, fmt))
 
 
 # --- plot command goes here ---
+from qagrel_cli.plot import AfterStop, Metric, PlotFormat  # noqa: E402  (matplotlib loads only when plotting)
+
+FIGURE3_PANEL = "Figure 3 (a folder of runs)"
+
+
+@app.command()
+def plot(
+    path: Annotated[Path, typer.Argument(help="A folder of runs (e.g. results/table1): Figure 3 over them. "
+                                         "One run folder: its learning curves.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option(
+        help="Folder for the figure, or a file name ending in .png, .pdf or .svg. Default: figures/. "
+        "The plotted numbers go to a CSV of the same name beside it.", show_default=False)] = None,
+    fmt: Annotated[Optional[PlotFormat], typer.Option(
+        "--format", help="Image format. Default: the extension of --out, else png.", show_default=False)] = None,
+    metric: Annotated[Metric, typer.Option(
+        help="train: Q-AGREL reward probability and BP 1 - training error (the paper's Figure 3); "
+        "val or test: that accuracy.", rich_help_panel=FIGURE3_PANEL)] = Metric.train,
+    after_stop: Annotated[AfterStop, typer.Option(
+        help="Seeds that stopped early: hold their last value (every epoch averages all seeds) or drop out "
+        "of the mean. The caption says which.", rich_help_panel=FIGURE3_PANEL)] = AfterStop.hold,
+    dataset: Annotated[Optional[list[Dataset]], typer.Option(
+        help="Only this dataset (repeatable). Default: all.", rich_help_panel=FIGURE3_PANEL,
+        show_default=False)] = None,
+    arch: Annotated[Optional[list[Arch]], typer.Option(
+        help="Only this architecture (repeatable). Default: all.", rich_help_panel=FIGURE3_PANEL,
+        show_default=False)] = None,
+    fc: Annotated[Optional[list[str]], typer.Option(
+        help="Only these hidden sizes, e.g. 500 or 1000,500, or Table 1's 28800-7200-500 (repeatable). "
+        "Default: all.", rich_help_panel=FIGURE3_PANEL, show_default=False)] = None,
+) -> None:
+    """Plot Figure 3 (Q-AGREL vs BP learning curves, mean ± 2 SD over seeds, one panel per dataset) or one run."""
+    from qagrel_cli.plot import plot as make_plot
+
+    try:
+        result = make_plot(path, out, metric=metric, after_stop=after_stop, fmt=fmt,
+                           datasets=dataset or (), archs=arch or (), fcs=fc or ())
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    Console().print(f"wrote {result.figure}\nwrote {result.csv}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

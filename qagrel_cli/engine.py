@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -27,11 +27,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import qagrel_cli
 from qagrel_cli import runs
 from qagrel_cli.config import Feedback, Optimizer, QagrelError, Rule, TrainConfig
-from qagrel_cli.data import Splits, default_data_dir, load_dataset, make_splits
+from qagrel_cli.data import RawData, Splits, default_data_dir, load_dataset, make_splits
 from qagrel_cli.models import QNetwork, build_network
 from qagrel_cli.rules import BatchStats, alignment_angles, bp_step, qagrel_step
 
 EVAL_BATCH = 1000
+RUNS_ROOT = Path("results") / "runs"  # where a run's folder goes by default: RUNS_ROOT / <run id>
 LIVE_UPDATES_PER_EPOCH = 10  # the progress bar reads device metrics this often, never per batch
 
 
@@ -114,38 +115,29 @@ class Trainer:
         tensors; nothing here waits for the device. `on_batch(i, rewarded)` is
         called a few times per epoch for a live display.
         """
-        cfg, data = self.config, self.splits
+        data = self.splits
         self.net.train()
-        order = torch.randperm(data.train_x.shape[0], generator=self.order_rng).to(self.device)
-        rewarded = torch.zeros((), device=self.device)
-        loss = torch.zeros((), device=self.device)
-        n_batches = self.batches_per_epoch
-        live_every = max(1, n_batches // LIVE_UPDATES_PER_EPOCH)
-        for i in range(n_batches):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            stats = self.step(to_float(data.train_x[idx]), data.train_y[idx])
-            rewarded += stats.rewarded
-            loss += stats.loss
-            if on_batch is not None and ((i + 1) % live_every == 0 or i + 1 == n_batches):
-                on_batch(i + 1, rewarded)
-        return rewarded, loss
+        order = self.epoch_order()
+        return run_batches(order, self.config.batch_size,
+                           lambda idx: self.step(to_float(data.train_x[idx]), data.train_y[idx]), on_batch)
 
-    @torch.no_grad()
+    def epoch_order(self) -> torch.Tensor:
+        """This epoch's random order of the training samples, on the device (drawn on the CPU)."""
+        return torch.randperm(self.splits.train_x.shape[0], generator=self.order_rng).to(self.device)
+
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Greedy (argmax) accuracy without dropout or exploration, as a device scalar."""
         self.net.eval()
-        correct = torch.zeros((), device=self.device)
-        for start in range(0, x.shape[0], EVAL_BATCH):
-            q, _ = self.net(to_float(x[start:start + EVAL_BATCH]))
-            correct += (q.argmax(dim=1) == y[start:start + EVAL_BATCH]).sum()
-        return correct / x.shape[0]
+        return greedy_accuracy(lambda images: self.net(images)[0], x, y)
 
     def weights_finite(self) -> torch.Tensor:
         return torch.stack([torch.isfinite(layer.weight).all() for layer in self.net.layers]).all()
 
     def state_dict(self, state: RunState) -> dict[str, Any]:
         return {
-            "net": self.net.state_dict(),
+            # Cloned: a packed run's weights are views into the pack's stacked tensors,
+            # and torch.save would write the whole stack.
+            "net": {name: t.detach().clone() for name, t in self.net.state_dict().items()},
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "order_rng": self.order_rng.get_state(),
             "trial_rng": self.trial_rng.get_state(),
@@ -161,9 +153,46 @@ class Trainer:
         return RunState(**checkpoint["state"])
 
 
+def run_batches(order: torch.Tensor, batch_size: int, step: Callable[[torch.Tensor], BatchStats],
+                on_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call `step(indices)` on consecutive batches of `order` (..., N); sum the stats it returns.
+
+    Leading dimensions of `order` (a seed pack's members) give one sum each.
+    """
+    n_batches = math.ceil(order.shape[-1] / batch_size)
+    rewarded = torch.zeros(order.shape[:-1], device=order.device)
+    loss = torch.zeros(order.shape[:-1], device=order.device)
+    live_every = max(1, n_batches // LIVE_UPDATES_PER_EPOCH)
+    for i in range(n_batches):
+        stats = step(order[..., i * batch_size:(i + 1) * batch_size])
+        rewarded += stats.rewarded
+        loss += stats.loss
+        if on_batch is not None and ((i + 1) % live_every == 0 or i + 1 == n_batches):
+            on_batch(i + 1, rewarded)
+    return rewarded, loss
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [0, 1] (the whole dataset stays uint8 on the device)."""
     return images.float().div_(255.0)
+
+
+@torch.no_grad()
+def greedy_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor
+                    ) -> torch.Tensor:
+    """Fraction of images whose largest output is the label, as device tensor(s).
+
+    x is uint8 images (..., N, C, H, W) and y labels (..., N); `forward` maps
+    float images to outputs (..., n, classes). Leading dimensions (a seed
+    pack's members) give one accuracy each.
+    """
+    n = x.shape[-4]
+    correct = torch.zeros(x.shape[:-4], device=x.device)
+    for start in range(0, n, EVAL_BATCH):
+        q = forward(to_float(x[..., start:start + EVAL_BATCH, :, :, :]))
+        # Out of place: images shared by a pack (no leading dims) still give one count per member.
+        correct = correct + (q.argmax(dim=-1) == y[..., start:start + EVAL_BATCH]).sum(dim=-1)
+    return correct / n
 
 
 def train(config: TrainConfig, out: Path | None = None, *, data_dir: Path | None = None, download: bool = False,
@@ -173,24 +202,14 @@ def train(config: TrainConfig, out: Path | None = None, *, data_dir: Path | None
     Raises QagrelError for anything the user can fix (bad option combination,
     missing data, unusable output folder) before writing anything.
     """
-    config = config.resolved()
-    if config.rule == Rule.qagrel and config.optimizer != Optimizer.sgd:
-        raise QagrelError("--optimizer applies to --rule bp only: Q-AGREL applies its four-factor update directly")
-    out = Path(out) if out is not None else Path("results") / "runs" / config.run_id
-    existing = _check_run_folder(out, config)
+    config = check_config(config)
+    out = Path(out) if out is not None else RUNS_ROOT / config.run_id
+    existing = check_run_folder(out, config)
     if existing is not None:
         return existing
     device = resolve_device(config.device)
     raw = load_dataset(config.dataset, Path(data_dir) if data_dir else default_data_dir(), download)
-    splits = make_splits(raw, config.seed, config.val_size, config.train_size, device)
-    trainer = Trainer(config, splits, device)
-
-    checkpoint_path = out / runs.CHECKPOINT_FILE
-    if checkpoint_path.exists():
-        state = trainer.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
-    else:
-        state = RunState()
-        runs.write_config(out, config.to_dict())
+    trainer, state = open_run(config, out, raw, device)
     console = console or Console(stderr=True)
     if state.epoch and not quiet:
         console.print(f"resuming {config.run_id} after epoch {state.epoch}")
@@ -200,17 +219,83 @@ def train(config: TrainConfig, out: Path | None = None, *, data_dir: Path | None
         while True:
             state.epoch += 1
             diverged = _train_one_epoch(trainer, state, progress)
-            stop = diverged or state.epochs_since_best >= config.patience or state.epoch >= config.max_epochs
-            if stop:
+            if should_stop(config, state, diverged):
                 break
-            # The checkpoint holds the log rows too, so log and checkpoint can never disagree.
-            runs.atomic_write(checkpoint_path, lambda tmp: torch.save(trainer.state_dict(state), tmp))
-            runs.write_log(out, _log_frame(state.rows, config, trainer.hidden_units))
+            save_progress(out, trainer, state)
+    return finish_run(out, trainer, state, diverged, device)
 
-    runs.write_log(out, _log_frame(state.rows, config, trainer.hidden_units))
-    summary = _summary(config, trainer, state, diverged, device)
+
+# ---- the steps of a run, shared with seed packs (pack.py), which drive many runs at once
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """The resolved config, or QagrelError for an option combination that makes no sense."""
+    config = config.resolved()
+    if config.rule == Rule.qagrel and config.optimizer != Optimizer.sgd:
+        raise QagrelError("--optimizer applies to --rule bp only: Q-AGREL applies its four-factor update directly")
+    return config
+
+
+def open_run(config: TrainConfig, out: Path, raw: RawData, device: torch.device) -> tuple[Trainer, RunState]:
+    """The run's trainer and state: from its checkpoint if there is one, else fresh (writing its config)."""
+    splits = make_splits(raw, config.seed, config.val_size, config.train_size, device)
+    trainer = Trainer(config, splits, device)
+    checkpoint_path = out / runs.CHECKPOINT_FILE
+    if checkpoint_path.exists():
+        return trainer, trainer.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
+    runs.write_config(out, config.to_dict())
+    return trainer, RunState()
+
+
+def record_epoch(trainer: Trainer, state: RunState, *, rewarded: float, loss: float, val_acc: float,
+                 test_acc: float, train_seconds: float, epoch_seconds: float) -> bool:
+    """Append the epoch's log row and update early stopping. Returns True when the run diverged.
+
+    `rewarded` and `loss` are the epoch's sums over training trials.
+    """
+    config = trainer.config
+    n_train = trainer.splits.train_x.shape[0]
+    train_loss = loss / n_train
+    finite = math.isfinite(train_loss) and bool(trainer.weights_finite())
+    row = {
+        "epoch": state.epoch,
+        "train_reward": rewarded / n_train,
+        "train_loss": train_loss,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "epoch_seconds": epoch_seconds,
+        "samples_per_second": n_train / train_seconds,
+        "lr": config.lr,
+    }
+    if config.feedback == Feedback.random:
+        row.update({f"angle_{n}": a for n, a in enumerate(alignment_angles(trainer.net))})
+    state.rows.append(row)
+    state.wall_seconds += epoch_seconds
+    if finite and row["val_acc"] > state.best_val_acc:
+        state.best_val_acc, state.best_epoch, state.test_acc_at_best = row["val_acc"], state.epoch, row["test_acc"]
+        state.epochs_since_best = 0
+    else:
+        state.epochs_since_best += 1
+    return not finite
+
+
+def should_stop(config: TrainConfig, state: RunState, diverged: bool) -> bool:
+    """Diverged, out of patience (early stopping) or at the epoch limit."""
+    return diverged or state.epochs_since_best >= config.patience or state.epoch >= config.max_epochs
+
+
+def save_progress(out: Path, trainer: Trainer, state: RunState) -> None:
+    """Checkpoint, then log: the checkpoint holds the log rows too, so the two can never disagree."""
+    runs.atomic_write(out / runs.CHECKPOINT_FILE, lambda tmp: torch.save(trainer.state_dict(state), tmp))
+    runs.write_log(out, _log_frame(state.rows, trainer.config, trainer.hidden_units))
+
+
+def finish_run(out: Path, trainer: Trainer, state: RunState, diverged: bool, device: torch.device
+               ) -> dict[str, Any]:
+    """Write the final log and the summary, drop the checkpoint; returns the summary."""
+    runs.write_log(out, _log_frame(state.rows, trainer.config, trainer.hidden_units))
+    summary = _summary(trainer.config, trainer, state, diverged, device)
     runs.write_summary(out, summary)
-    checkpoint_path.unlink(missing_ok=True)  # the run is finished; the summary and log are the record
+    (out / runs.CHECKPOINT_FILE).unlink(missing_ok=True)  # the run is finished; the summary and log are the record
     return summary
 
 
@@ -228,35 +313,18 @@ def _train_one_epoch(trainer: Trainer, state: RunState, progress: Progress | Non
 
     start = time.perf_counter()
     rewarded, loss = trainer.run_epoch(on_batch if progress is not None else None)
-    train_reward, train_loss = float(rewarded) / n_train, float(loss) / n_train  # waits for the device
+    rewarded_sum, loss_sum = float(rewarded), float(loss)  # waits for the device
     train_seconds = time.perf_counter() - start
     val_acc, test_acc = trainer.accuracy(splits.val_x, splits.val_y), trainer.accuracy(splits.test_x, splits.test_y)
-    finite = math.isfinite(train_loss) and bool(trainer.weights_finite())
-    epoch_seconds = time.perf_counter() - start
-    row = {
-        "epoch": state.epoch,
-        "train_reward": train_reward,
-        "train_loss": train_loss,
-        "val_acc": float(val_acc),
-        "test_acc": float(test_acc),
-        "epoch_seconds": epoch_seconds,
-        "samples_per_second": n_train / train_seconds,
-        "lr": config.lr,
-    }
-    if config.feedback == Feedback.random:
-        row.update({f"angle_{n}": a for n, a in enumerate(alignment_angles(trainer.net))})
-    state.rows.append(row)
-    state.wall_seconds += epoch_seconds
-    if finite and row["val_acc"] > state.best_val_acc:
-        state.best_val_acc, state.best_epoch, state.test_acc_at_best = row["val_acc"], state.epoch, row["test_acc"]
-        state.epochs_since_best = 0
-    else:
-        state.epochs_since_best += 1
+    diverged = record_epoch(trainer, state, rewarded=rewarded_sum, loss=loss_sum, val_acc=float(val_acc),
+                            test_acc=float(test_acc), train_seconds=train_seconds,
+                            epoch_seconds=time.perf_counter() - start)
     if progress is not None:
+        row = state.rows[-1]
         progress.update(task, rate=f"reward {row['train_reward']:.3f}  val {row['val_acc']:.4f}  "
-                                   f"test {row['test_acc']:.4f}  ({epoch_seconds:.1f}s)")
+                                   f"test {row['test_acc']:.4f}  ({row['epoch_seconds']:.1f}s)")
         progress.stop_task(task)
-    return not finite
+    return diverged
 
 
 class _NoProgress:
@@ -274,7 +342,7 @@ def _progress(console: Console, quiet: bool) -> Any:
                     TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), console=console, transient=False)
 
 
-def _check_run_folder(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+def check_run_folder(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     """Refuse folders we cannot write or that hold another run; return the summary of a finished run."""
     if runs.is_run_dir(out):
         stored = TrainConfig.from_dict(runs.read_config(out))

@@ -1,0 +1,514 @@
+"""Table 1 from run folders: grouping into rows, mean (SD) over seeds, the paper beside ours, four formats.
+
+A row is what Table 1 calls a row: dataset, rule, first layer, hidden units and
+learning rate alpha, read from each run's config and summary (never from its
+path). Any other setting that differs between the runs found (epsilon,
+train_size, ...) becomes an extra column, so runs with different settings are
+never averaged together.
+
+Statistics are taken over the seeds that converged, as in the paper, whose `*`
+marks rows where only some seeds did. "Converged" is recomputed here from each
+summary (not diverged, best validation accuracy at least `converged_above`
+times chance), so that the threshold is the reader's choice.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import importlib.resources
+import io
+import itertools
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+
+from qagrel_cli.config import CONFIG_FIELDS, Arch, QagrelError, TrainConfig, dataset_family
+
+
+class EpochsAt(str, Enum):
+    stop = "stop"  # the epoch at which the stopping criterion was met (the paper's)
+    best = "best"  # the epoch of the best validation accuracy
+
+
+class AccuracyAt(str, Enum):
+    best = "best"  # test accuracy at the best-validation epoch (the paper's)
+    final = "final"  # test accuracy at the last epoch
+
+
+class TableFormat(str, Enum):
+    rich = "rich"
+    markdown = "markdown"
+    latex = "latex"
+    csv = "csv"
+
+
+class Compare(str, Enum):
+    paper = "paper"  # Table 1 of the paper, shipped as qagrel_cli/paper/table1.csv
+
+
+# Table 1's own names and order.
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+RULE_NAMES = {"qagrel": "Q-AGREL", "bp": "Error-BP"}
+ARCH_NAMES = {"fc": "Full", "conv": "Conv", "loccon": "LocCon"}
+TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
+# Settings that never make a row of their own: the seed is what a row averages over.
+_NOT_ROW_FIELDS = frozenset({"seed", "device", "dataset", "rule", "arch", "fc", "lr"})
+
+
+# ------------------------------------------------------------------ rows
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as found on disk (or planned by a sweep): its resolved config and summary (None if unfinished)."""
+
+    path: Path
+    config: TrainConfig
+    summary: dict[str, Any] | None
+
+    @property
+    def hidden_units(self) -> str:
+        """Table 1's hidden units, e.g. '21632-5408-500' (from the summary when there is one)."""
+        if self.summary and self.summary.get("hidden_units"):
+            return str(self.summary["hidden_units"])
+        return _hidden_units(self.config.arch.value, self.config.fc, dataset_family(self.config.dataset))
+
+
+@functools.lru_cache(maxsize=None)
+def _hidden_units(arch: str, fc: tuple[int, ...], family: str) -> str:
+    """Build the network on the meta device (shapes only, nothing allocated) and read its layer sizes."""
+    import torch  # here, not at the top: the CLI imports this module for its option enums
+
+    from qagrel_cli.models import build_network
+
+    shape = (1, 28, 28) if family == "mnist" else (3, 32, 32)
+    with torch.device("meta"):
+        return build_network(Arch(arch), fc, shape, num_classes=10).hidden_units(shape)
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """What makes a Table 1 row: dataset, rule, first layer, hidden units, alpha, plus any other varying setting."""
+
+    dataset: str
+    rule: str
+    arch: str
+    hidden_units: str
+    lr: float
+    extras: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def sort_key(self) -> tuple:
+        """Table 1's order: dataset, first layer (Full, Conv, LocCon), rule (Q-AGREL first), depth."""
+        return (_index(DATASET_NAMES, self.dataset), _index(ARCH_NAMES, self.arch), _index(RULE_NAMES, self.rule),
+                self.hidden_units.count("-"), self.hidden_units, self.lr, json.dumps(self.extras, default=str))
+
+    def cells(self) -> list[str]:
+        """Display cells: Dataset, Rule, 1st layer, Hidden units, alpha, extras."""
+        return [DATASET_NAMES.get(self.dataset, self.dataset), RULE_NAMES.get(self.rule, self.rule),
+                ARCH_NAMES.get(self.arch, self.arch), self.hidden_units, format_alpha(self.lr),
+                *[format_setting(v) for _, v in self.extras]]
+
+
+def _index(order: dict[str, str], value: str) -> int:
+    return list(order).index(value) if value in order else len(order)
+
+
+def format_setting(value: Any) -> str:
+    """A config value (as in TrainConfig.to_dict) for a table cell: fc as 1000,500, None as -."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "-" if value is None else str(value)
+
+
+def format_alpha(lr: float) -> str:
+    """The paper's style, 1e-03; falls back to %g when one digit would lose information."""
+    short = f"{lr:.0e}"
+    return short if math.isclose(float(short), lr) else f"{lr:g}"
+
+
+def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
+    """Table 1's row fields, plus every other setting that differs between runs of one Table 1 row.
+
+    A setting that only differs between rows (init_range is 0.05 for fc and
+    0.02 for conv by default) needs no column of its own.
+    """
+    values: dict[tuple[tuple, str], set[str]] = {}
+    for record in records:
+        config = record.config.to_dict()
+        table1 = (config["dataset"], config["rule"], config["arch"], record.hidden_units, config["lr"])
+        for name, value in config.items():
+            values.setdefault((table1, name), set()).add(json.dumps(value))
+    varying = {name for (_, name), seen in values.items() if len(seen) > 1}
+    return [*TABLE1_FIELDS, *[f for f in CONFIG_FIELDS if f in varying and f not in _NOT_ROW_FIELDS]]
+
+
+def row_key(record: RunRecord, fields: list[str]) -> RowKey:
+    """The row `record` belongs to, given the fields from `row_key_fields`."""
+    config = record.config.to_dict()
+    return RowKey(config["dataset"], config["rule"], config["arch"], record.hidden_units, float(config["lr"]),
+                  tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]))
+
+
+# ------------------------------------------------------------ statistics
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample SD (ddof=1) of a row's values; None where undefined."""
+
+    mean: float | None
+    sd: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Stat":
+        return cls(statistics.fmean(values) if values else None,
+                   statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of the paper's Table 1 (accuracies in percent)."""
+
+    key: RowKey
+    epochs: Stat
+    accuracy: Stat
+    seeds_converged: int
+    seeds: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of our table: statistics over the converged seeds of one RowKey."""
+
+    key: RowKey
+    epochs: Stat
+    accuracy: Stat
+    converged: int
+    finished: int
+    paper: PaperRow | None = None
+
+    @property
+    def star(self) -> bool:
+        """The paper's `*`: not every seed converged."""
+        return self.converged < self.finished
+
+    @property
+    def epochs_diff(self) -> float | None:
+        """(ours - paper) / paper SD, for the epochs."""
+        return _diff(self.epochs, self.paper.epochs) if self.paper else None
+
+    @property
+    def accuracy_diff(self) -> float | None:
+        """(ours - paper) / paper SD, for the accuracy."""
+        return _diff(self.accuracy, self.paper.accuracy) if self.paper else None
+
+
+def _diff(ours: Stat, paper: Stat) -> float | None:
+    if ours.mean is None or paper.mean is None or not paper.sd:
+        return None
+    return (ours.mean - paper.mean) / paper.sd
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Q-AGREL/BP epochs for one dataset and first layer, over the hidden units both rules have."""
+
+    dataset: str
+    arch: str
+    extras: tuple[tuple[str, Any], ...]
+    hidden_units: tuple[str, ...]
+    ours: float | None
+    paper: float | None
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """Everything a format needs to print the table."""
+
+    source: str
+    rows: list[Row]
+    extra_fields: list[str]
+    unfinished: int
+    epochs_at: EpochsAt
+    accuracy_at: AccuracyAt
+    converged_above: float
+    class_counts: tuple[int, ...]
+    compare: bool
+    ratios: list[Ratio]
+
+    def notes(self) -> list[str]:
+        """The definitions printed under the table, in plain text."""
+        epochs = ("the epoch at which the stopping criterion was met" if self.epochs_at == EpochsAt.stop
+                  else "the epoch of the best validation accuracy")
+        accuracy = ("test accuracy at the best-validation epoch" if self.accuracy_at == AccuracyAt.best
+                    else "test accuracy at the last epoch")
+        chance = ", ".join(f"{100 * self.converged_above / k:g}% with {k} classes" for k in self.class_counts)
+        notes = [f"Epochs: {epochs}. Accuracy: {accuracy}, in %.",
+                 "Values are mean (SD) over the converged seeds; SD is the sample standard deviation (ddof=1).",
+                 f"Seeds: converged/finished; * not every seed converged. Converged: finished without diverging "
+                 f"and best validation accuracy >= {self.converged_above:g}x chance ({chance}).",
+                 ]
+        if self.unfinished:
+            notes.append(f"{self.unfinished} unfinished run(s) left out (qagrel status lists them).")
+        if self.compare:
+            notes.append("Paper: Table 1 of Pozzi, Bohte & Roelfsema; Δ [SD] = (ours - paper) / paper SD.")
+            notes.append("Epoch ratio: mean Q-AGREL epochs / mean Error-BP epochs over the hidden units both "
+                         "rules have (the paper reports 1.5-2.5x).")
+        return notes
+
+
+def build_table(records: list[RunRecord], *, source: str = "", epochs_at: EpochsAt = EpochsAt.stop,
+                accuracy_at: AccuracyAt = AccuracyAt.best, converged_above: float = 2.0,
+                compare: bool = False) -> ResultTable:
+    """Group finished runs into Table 1 rows; unfinished ones are only counted."""
+    if not converged_above > 0:
+        raise QagrelError(f"--converged-above must be a positive multiple of chance, got {converged_above!r}")
+    finished = [r for r in records if r.summary is not None]
+    if not finished:
+        raise QagrelError(f"{source or 'these runs'}: no finished runs yet ({len(records)} unfinished); "
+                          "qagrel status shows where they are")
+    fields = row_key_fields(finished)
+    groups: dict[RowKey, list[dict[str, Any]]] = {}
+    for record in finished:
+        groups.setdefault(row_key(record, fields), []).append(record.summary)
+    paper = {_paper_match(p.key): p for p in paper_table()} if compare else {}
+    rows = []
+    for key, summaries in sorted(groups.items(), key=lambda item: item[0].sort_key):
+        ok = [s for s in summaries if is_converged(s, converged_above)]
+        epochs = [float(s["stop_epoch" if epochs_at == EpochsAt.stop else "best_epoch"]) for s in ok]
+        accuracy = [100 * float(s["test_acc_at_best" if accuracy_at == AccuracyAt.best else "test_acc_at_stop"])
+                    for s in ok]
+        rows.append(Row(key, Stat.of(epochs), Stat.of(accuracy), len(ok), len(summaries),
+                        paper.get(_paper_match(key))))
+    return ResultTable(source=source, rows=rows, extra_fields=fields[len(TABLE1_FIELDS):],
+                       unfinished=len(records) - len(finished), epochs_at=epochs_at, accuracy_at=accuracy_at,
+                       converged_above=converged_above,
+                       class_counts=tuple(sorted({int(r.summary["num_classes"]) for r in finished})),
+                       compare=compare, ratios=epoch_ratios(rows, list(paper.values())) if compare else [])
+
+
+def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:
+    """Recomputed from the summary with the engine's rule, at our threshold (the stored flag uses 2x chance)."""
+    from qagrel_cli.engine import converged  # imports torch: only when a table is built
+
+    best = summary.get("best_val_acc")
+    if best is None or not math.isfinite(best):
+        return False
+    return converged(best, summary["num_classes"], bool(summary.get("diverged")), converged_above)
+
+
+def epoch_ratios(rows: list[Row], paper: list[PaperRow]) -> list[Ratio]:
+    """Q-AGREL/BP mean epochs per dataset, first layer (and extra settings), ours and the paper's."""
+    by_arch: dict[tuple, dict[str, dict[str, list[float]]]] = {}
+    for row in rows:
+        if row.epochs.mean is not None:
+            slot = by_arch.setdefault((row.key.dataset, row.key.arch, row.key.extras), {"qagrel": {}, "bp": {}})
+            slot.setdefault(row.key.rule, {}).setdefault(row.key.hidden_units, []).append(row.epochs.mean)
+    paper_epochs = {(p.key.dataset, p.key.arch, p.key.rule, p.key.hidden_units): p.epochs.mean for p in paper}
+    ratios = []
+    for (dataset, arch, extras), rules in by_arch.items():
+        common = tuple(sorted(set(rules["qagrel"]) & set(rules["bp"]), key=lambda h: (h.count("-"), h)))
+        if not common:
+            continue
+        ours = (statistics.fmean(v for h in common for v in rules["qagrel"][h])
+                / statistics.fmean(v for h in common for v in rules["bp"][h]))
+        theirs = [[paper_epochs.get((dataset, arch, rule, h)) for h in common] for rule in ("qagrel", "bp")]
+        ratio = None if None in theirs[0] + theirs[1] else statistics.fmean(theirs[0]) / statistics.fmean(theirs[1])
+        ratios.append(Ratio(dataset, arch, extras, common, ours, ratio))
+    return sorted(ratios, key=lambda r: (_index(DATASET_NAMES, r.dataset), _index(ARCH_NAMES, r.arch),
+                                         json.dumps(r.extras, default=str)))
+
+
+@functools.lru_cache(maxsize=1)
+def paper_table() -> tuple[PaperRow, ...]:
+    """The paper's Table 1, from the package data file paper/table1.csv."""
+    text = importlib.resources.files("qagrel_cli").joinpath("paper/table1.csv").read_text()
+    return tuple(PaperRow(RowKey(r["dataset"], r["rule"], r["first_layer"], r["hidden_units"], float(r["lr"])),
+                          Stat(float(r["epochs_mean"]), float(r["epochs_sd"]), int(r["seeds_converged"])),
+                          Stat(float(r["accuracy_mean"]), float(r["accuracy_sd"]), int(r["seeds_converged"])),
+                          int(r["seeds_converged"]), int(r["seeds"]))
+                 for r in csv.DictReader(io.StringIO(text)))
+
+
+def _paper_match(key: RowKey) -> tuple:
+    """Table 1's part of a key (extras ignored), with alpha rounded so that 1e-3 == 0.001."""
+    return key.dataset, key.rule, key.arch, key.hidden_units, f"{key.lr:.6g}"
+
+
+# ---------------------------------------------------------------- formats
+
+def _stat_cell(stat: Stat, decimals: int, star: bool = False) -> str:
+    if stat.mean is None:
+        return "–"
+    sd = "–" if stat.sd is None else f"{stat.sd:.{decimals}f}"
+    return f"{stat.mean:.{decimals}f} ({sd})" + ("*" if star else "")
+
+
+def _diff_cell(diff: float | None) -> str:
+    return "–" if diff is None else f"{diff:+.1f}"
+
+
+def _grid(table: ResultTable) -> tuple[list[str], list[list[str]]]:
+    """Headers and display cells shared by the rich, markdown and LaTeX formats.
+
+    With --compare, the paper's value and the difference follow each of our values.
+    """
+    extras = [f.replace("_", " ") for f in table.extra_fields]
+    paper = ["Paper", "Δ [SD]"] if table.compare else []
+    headers = ["Dataset", "Rule", "1st layer", "Hidden units", "α", *extras, "Epochs [#]", *paper, "Accuracy [%]",
+               *paper, "Seeds"]
+    cells = []
+    for row in table.rows:
+        p = row.paper
+        epochs, accuracy = [_stat_cell(row.epochs, 0)], [_stat_cell(row.accuracy, 2, row.star)]
+        if table.compare:
+            epochs += [_stat_cell(p.epochs, 0), _diff_cell(row.epochs_diff)] if p else ["–", "–"]
+            accuracy += ([_stat_cell(p.accuracy, 2, p.seeds_converged < p.seeds), _diff_cell(row.accuracy_diff)]
+                         if p else ["–", "–"])
+        cells.append([*row.key.cells(), *epochs, *accuracy, f"{row.converged}/{row.finished}"])
+    return headers, cells
+
+
+def _numeric_from(table: ResultTable) -> int:
+    """Index of the first numeric (right-aligned) column of `_grid`."""
+    return len(TABLE1_FIELDS) + len(table.extra_fields)
+
+
+def _ratio_grid(table: ResultTable) -> tuple[list[str], list[list[str]]]:
+    headers = ["Dataset", "1st layer", *[f.replace("_", " ") for f in table.extra_fields], "Hidden units",
+               "Q-AGREL/BP epochs (ours)", "(paper)"]
+    cells = [[DATASET_NAMES.get(r.dataset, r.dataset), ARCH_NAMES.get(r.arch, r.arch),
+              *[format_setting(v) for _, v in r.extras], ", ".join(r.hidden_units),
+              "–" if r.ours is None else f"{r.ours:.2f}", "–" if r.paper is None else f"{r.paper:.2f}"]
+             for r in table.ratios]
+    return headers, cells
+
+
+def rich_view(table: ResultTable) -> RenderableType:
+    """The table for a terminal, sections per dataset, definitions underneath."""
+    headers, cells = _grid(table)
+    view = Table(title=f"Table 1 layout: {table.source}" if table.source else None,
+                 caption="\n".join(table.notes()), caption_justify="left")
+    numeric = _numeric_from(table)
+    for i, header in enumerate(headers):  # fold, never cut, cells that do not fit the terminal
+        view.add_column(header, justify="right" if i >= numeric else "left", overflow="fold")
+    for i, line in enumerate(cells):
+        last_of_dataset = i + 1 == len(cells) or table.rows[i + 1].key.dataset != table.rows[i].key.dataset
+        view.add_row(*line, end_section=last_of_dataset)
+    if not table.ratios:
+        return view
+    ratio_headers, ratio_cells = _ratio_grid(table)
+    ratios = Table(title="Q-AGREL / Error-BP epochs")
+    for header in ratio_headers:
+        ratios.add_column(header)
+    for line in ratio_cells:
+        ratios.add_row(*line)
+    return Group(view, ratios)
+
+
+def to_markdown(table: ResultTable) -> str:
+    """GitHub-flavoured markdown: the table, the definitions as a list, then the epoch ratios."""
+    def md_table(headers: list[str], cells: list[list[str]], numeric_from: int) -> list[str]:
+        align = ["---:" if i >= numeric_from else "---" for i in range(len(headers))]
+        return ["| " + " | ".join(line) + " |" for line in [headers, align, *cells]]
+
+    headers, cells = _grid(table)
+    # A bare `*` could start emphasis in markdown; escape it everywhere.
+    cells = [[c.replace("*", r"\*") for c in line] for line in cells]
+    numeric = _numeric_from(table)
+    lines = [f"Table 1 layout: `{table.source}`", ""] if table.source else []
+    lines += md_table(headers, cells, numeric) + [""]
+    lines += ["- " + note.replace("*", r"\*") for note in table.notes()]
+    if table.ratios:
+        ratio_headers, ratio_cells = _ratio_grid(table)
+        lines += ["", "Q-AGREL / Error-BP epochs:", ""] + md_table(ratio_headers, ratio_cells, len(ratio_headers) - 2)
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for plain, latex in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                         ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"),
+                         ("^", r"\textasciicircum{}"), (">=", r"$\geq$"), ("–", "--"), ("α", r"$\alpha$"),
+                         ("Δ", r"$\Delta$")):
+        text = text.replace(plain, latex)
+    return text
+
+
+def to_latex(table: ResultTable) -> str:
+    """A booktabs table like the paper's: the dataset as a rotated multirow, \\midrule between datasets.
+
+    Needs \\usepackage{booktabs,multirow,graphicx}.
+    """
+    headers, cells = _grid(table)
+    headers = [""] + [_latex_escape(h) for h in headers[1:]]
+    numeric = _numeric_from(table)
+    spec = "".join("r" if i >= numeric else "l" for i in range(len(headers)))
+    out = [r"% qagrel table; needs \usepackage{booktabs,multirow,graphicx}", r"\begin{table}[t]", r"\centering",
+           r"\caption{" + _latex_escape(" ".join(table.notes())) + "}", r"\begin{tabular}{" + spec + "}",
+           r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
+    by_dataset = itertools.groupby(zip(table.rows, cells), key=lambda row_cells: row_cells[0].key.dataset)
+    blocks = [list(block) for _, block in by_dataset]
+    for b, block in enumerate(blocks):
+        for j, (_, line) in enumerate(block):
+            label = (r"\multirow{" + str(len(block)) + r"}{*}{\rotatebox[origin=c]{90}{"
+                     + _latex_escape(line[0]) + "}}") if j == 0 else ""
+            out.append(" & ".join([label, *[_latex_escape(c) for c in line[1:]]]) + r" \\")
+        out.append(r"\midrule" if b + 1 < len(blocks) else r"\bottomrule")
+    out += [r"\end{tabular}"]
+    if table.ratios:
+        ratio_headers, ratio_cells = _ratio_grid(table)
+        out += [r"\par\medskip", r"\begin{tabular}{" + "l" * (len(ratio_headers) - 2) + "rr}", r"\toprule",
+                " & ".join(_latex_escape(h) for h in ratio_headers) + r" \\", r"\midrule"]
+        out += [" & ".join(_latex_escape(c) for c in line) + r" \\" for line in ratio_cells]
+        out += [r"\bottomrule", r"\end{tabular}"]
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: ResultTable) -> str:
+    """One line per row, numbers unformatted, columns named as in the paper's table1.csv."""
+    def num(value: float | None) -> str:
+        return "" if value is None else f"{value:.4f}".rstrip("0").rstrip(".")
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["dataset", "rule", "first_layer", "hidden_units", "lr", *table.extra_fields, "epochs_mean",
+              "epochs_sd", "accuracy_mean", "accuracy_sd", "seeds_converged", "seeds"]
+    if table.compare:
+        header += ["paper_epochs_mean", "paper_epochs_sd", "paper_accuracy_mean", "paper_accuracy_sd",
+                   "epochs_diff_sd", "accuracy_diff_sd"]
+    writer.writerow(header)
+    for row in table.rows:
+        k = row.key
+        line = [k.dataset, k.rule, k.arch, k.hidden_units, f"{k.lr:g}", *[format_setting(v) for _, v in k.extras],
+                num(row.epochs.mean), num(row.epochs.sd), num(row.accuracy.mean), num(row.accuracy.sd),
+                row.converged, row.finished]
+        if table.compare:
+            p = row.paper
+            line += ([num(p.epochs.mean), num(p.epochs.sd), num(p.accuracy.mean), num(p.accuracy.sd)]
+                     if p else ["", "", "", ""]) + [num(row.epochs_diff), num(row.accuracy_diff)]
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def render(table: ResultTable, fmt: TableFormat, width: int = 160) -> str:
+    """The table as text in `fmt` (rich is rendered without colours, for files)."""
+    if fmt == TableFormat.rich:
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console.print(rich_view(table))
+        return console.file.getvalue()
+    return {TableFormat.markdown: to_markdown, TableFormat.latex: to_latex, TableFormat.csv: to_csv}[fmt](table)
+
+
+__all__ = ["RunRecord", "RowKey", "Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt",
+           "TableFormat", "Compare", "build_table", "is_converged", "epoch_ratios", "paper_table", "row_key",
+           "row_key_fields", "format_alpha", "format_setting", "render", "rich_view", "to_markdown", "to_latex",
+           "to_csv"]

@@ -1,0 +1,275 @@
+"""`qagrel table` and `qagrel status` on fabricated run folders with known numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qagrel_cli import runs
+from qagrel_cli.cli import app
+from qagrel_cli.config import TrainConfig
+from qagrel_cli.sweep import SWEEP_FILE, discover_runs, try_lock
+from qagrel_cli.table import (AccuracyAt, EpochsAt, TableFormat, build_table, format_alpha, paper_table, render,
+                              to_csv, to_latex, to_markdown)
+
+runner = CliRunner()
+MNIST_CONV = dict(dataset="mnist", arch="conv", fc="500")
+HIDDEN = {"conv": "21632-5408-500", "fc": "1500-1000-500"}
+
+
+def fabricate(root: Path, *, seed: int, stop_epoch: int = 10, best_epoch: int | None = None,
+              test_acc_at_best: float = 0.9, test_acc_at_stop: float | None = None, best_val_acc: float = 0.9,
+              diverged: bool = False, finished: bool = True, folder: str | None = None, **config) -> Path:
+    """A run folder as the engine leaves it: config, (summary), with the given numbers."""
+    cfg = TrainConfig.from_dict({**MNIST_CONV, "rule": "qagrel", **config, "seed": seed}).resolved()
+    run_dir = root / (folder or cfg.run_id)
+    runs.write_config(run_dir, cfg.to_dict())
+    if finished:
+        runs.write_summary(run_dir, {
+            "run_id": cfg.run_id, "status": "diverged" if diverged else "finished", "stop_epoch": stop_epoch,
+            "best_epoch": best_epoch or stop_epoch, "best_val_acc": best_val_acc,
+            "test_acc_at_best": test_acc_at_best,
+            "test_acc_at_stop": test_acc_at_best if test_acc_at_stop is None else test_acc_at_stop,
+            "hidden_units": HIDDEN[cfg.arch.value], "num_classes": 100 if cfg.dataset.value == "cifar100" else 10,
+            "converged": True, "diverged": diverged, "config": cfg.to_dict()})
+    return run_dir
+
+
+def three_seeds(root: Path, **config) -> None:
+    """Epochs 10/20/30 (mean 20, SD 10), accuracy 90/92/94 % (mean 92, SD 2)."""
+    for seed, (epochs, acc) in enumerate([(10, 0.90), (20, 0.92), (30, 0.94)]):
+        fabricate(root, seed=seed, stop_epoch=epochs, test_acc_at_best=acc, **config)
+
+
+def table_of(root: Path, **options):
+    return build_table(discover_runs(root), source=str(root), **options)
+
+
+# ------------------------------------------------------------- statistics
+
+def test_row_mean_and_sample_sd_over_seeds(tmp_path):
+    three_seeds(tmp_path)
+    (row,) = table_of(tmp_path).rows
+    assert (row.epochs.mean, row.epochs.sd) == pytest.approx((20.0, 10.0))
+    assert (row.accuracy.mean, row.accuracy.sd) == pytest.approx((92.0, 2.0))
+    assert (row.converged, row.finished, row.star) == (3, 3, False)
+
+
+def test_rows_are_grouped_by_config_not_by_folder_name(tmp_path):
+    for seed in range(3):
+        fabricate(tmp_path / f"anywhere{seed}", seed=seed, folder="same-name")
+    fabricate(tmp_path, seed=0, rule="bp")
+    table = table_of(tmp_path)
+    assert [(r.key.rule, r.key.hidden_units, r.key.lr, r.finished) for r in table.rows] == [
+        ("qagrel", "21632-5408-500", 1.0, 3), ("bp", "21632-5408-500", 0.01, 1)]
+
+
+def test_a_setting_that_differs_between_runs_splits_rows_and_becomes_a_column(tmp_path):
+    fabricate(tmp_path, seed=0, epsilon=0.02)
+    fabricate(tmp_path, seed=0, epsilon=0.1)
+    table = table_of(tmp_path)
+    assert table.extra_fields == ["epsilon"]
+    assert [r.key.extras for r in table.rows] == [(("epsilon", 0.02),), (("epsilon", 0.1),)]
+
+
+def test_star_and_stats_over_converged_seeds_when_one_seed_stays_at_chance(tmp_path):
+    three_seeds(tmp_path)
+    fabricate(tmp_path, seed=3, stop_epoch=500, test_acc_at_best=0.11, best_val_acc=0.12)
+    (row,) = table_of(tmp_path).rows
+    assert (row.converged, row.finished, row.star) == (3, 4, True)
+    assert row.epochs.mean == pytest.approx(20.0)  # the seed at chance is not averaged in
+    assert "92.00 (2.00)*" in to_markdown(table_of(tmp_path)).replace("\\*", "*")
+
+
+def test_converged_is_recomputed_from_best_val_acc_at_the_chosen_threshold(tmp_path):
+    fabricate(tmp_path, seed=0, best_val_acc=0.15)  # the stored flag says converged: it is not, at 2x chance
+    assert table_of(tmp_path).rows[0].converged == 0
+    assert table_of(tmp_path, converged_above=1.0).rows[0].converged == 1
+
+
+def test_diverged_seed_never_counts_as_converged(tmp_path):
+    three_seeds(tmp_path)
+    fabricate(tmp_path, seed=3, diverged=True, best_val_acc=0.95)
+    (row,) = table_of(tmp_path).rows
+    assert (row.converged, row.finished) == (3, 4)
+
+
+def test_epochs_best_and_accuracy_final_switch_the_columns(tmp_path):
+    fabricate(tmp_path, seed=0, stop_epoch=30, best_epoch=10, test_acc_at_best=0.9, test_acc_at_stop=0.8)
+    fabricate(tmp_path, seed=1, stop_epoch=40, best_epoch=20, test_acc_at_best=0.9, test_acc_at_stop=0.7)
+    (row,) = table_of(tmp_path, epochs_at=EpochsAt.best, accuracy_at=AccuracyAt.final).rows
+    assert row.epochs.mean == pytest.approx(15.0)
+    assert row.accuracy.mean == pytest.approx(75.0)
+
+
+def test_unfinished_runs_are_left_out_and_counted_in_a_note(tmp_path):
+    three_seeds(tmp_path)
+    fabricate(tmp_path, seed=7, finished=False)
+    table = table_of(tmp_path)
+    assert table.rows[0].finished == 3
+    assert table.unfinished == 1
+    assert any("1 unfinished run(s) left out" in note for note in table.notes())
+
+
+def test_planned_runs_of_a_sweep_that_never_started_count_as_unfinished(tmp_path):
+    three_seeds(tmp_path)
+    (tmp_path / SWEEP_FILE).write_text("grid: {dataset: mnist, arch: conv, fc: '500'}\nseeds: 5\n")
+    assert table_of(tmp_path).unfinished == 2  # seeds 3 and 4
+
+
+def test_notes_define_converged_and_the_sample_sd(tmp_path):
+    three_seeds(tmp_path)
+    notes = " ".join(table_of(tmp_path, converged_above=3).notes())
+    assert "sample standard deviation (ddof=1)" in notes
+    assert "best validation accuracy >= 3x chance (30% with 10 classes)" in notes
+
+
+# ------------------------------------------------------------------ paper
+
+def test_paper_table_ships_with_the_package_and_has_table1s_26_rows():
+    rows = paper_table()
+    assert len(rows) == 26
+    cifar100 = [r for r in rows if r.key.dataset == "cifar100" and r.seeds_converged < r.seeds]
+    assert len(cifar100) == 2  # the two rows the paper marks with *
+
+
+def test_compare_gives_the_difference_in_paper_sds(tmp_path):
+    # Paper, MNIST Q-AGREL Conv 21632-5408-500: 44 (10) epochs, 99.17 (0.05) %.
+    for seed, (epochs, acc) in enumerate([(50, 0.9907), (58, 0.9907)]):
+        fabricate(tmp_path, seed=seed, stop_epoch=epochs, test_acc_at_best=acc)
+    (row,) = table_of(tmp_path, compare=True).rows
+    assert (row.paper.epochs.mean, row.paper.accuracy.sd) == (44.0, 0.05)
+    assert row.epochs_diff == pytest.approx(1.0)  # (54 - 44) / 10
+    assert row.accuracy_diff == pytest.approx(-2.0)  # (99.07 - 99.17) / 0.05
+
+
+def test_compare_gives_qagrel_over_bp_epoch_ratios_ours_and_the_papers(tmp_path):
+    three_seeds(tmp_path)  # Q-AGREL: 20 epochs
+    for seed in range(2):
+        fabricate(tmp_path, seed=seed, rule="bp", stop_epoch=8)
+    (ratio,) = table_of(tmp_path, compare=True).ratios
+    assert (ratio.dataset, ratio.arch, ratio.hidden_units) == ("mnist", "conv", ("21632-5408-500",))
+    assert ratio.ours == pytest.approx(2.5)
+    assert ratio.paper == pytest.approx(44 / 26)
+
+
+def test_a_row_with_another_learning_rate_has_no_paper_values(tmp_path):
+    fabricate(tmp_path, seed=0, lr=0.3)
+    assert table_of(tmp_path, compare=True).rows[0].paper is None
+
+
+def test_alpha_is_printed_like_the_paper():
+    assert [format_alpha(x) for x in (0.5, 1.0, 0.01, 0.001, 0.0015)] == ["5e-01", "1e+00", "1e-02", "1e-03", "0.0015"]
+
+
+# ---------------------------------------------------------------- formats
+
+@pytest.fixture
+def two_rows(tmp_path):
+    three_seeds(tmp_path)
+    for seed in range(2):
+        fabricate(tmp_path, seed=seed, rule="bp", stop_epoch=8, test_acc_at_best=0.95)
+    fabricate(tmp_path, seed=0, arch="fc", fc=None, rule="bp", stop_epoch=90, test_acc_at_best=0.98)
+    return table_of(tmp_path, compare=True)
+
+
+def test_markdown_has_the_papers_columns_and_rows(two_rows):
+    text = to_markdown(two_rows)
+    assert ("| Dataset | Rule | 1st layer | Hidden units | α | Epochs [#] | Paper | Δ [SD] | Accuracy [%] | Paper "
+            "| Δ [SD] | Seeds |") in text
+    assert ("| MNIST | Q-AGREL | Conv | 21632-5408-500 | 1e+00 | 20 (10) | 44 (10) | -2.4 | 92.00 (2.00) "
+            "| 99.17 (0.05) | -143.4 | 3/3 |") in text
+    assert "| MNIST | Error-BP | Full | 1500-1000-500 | 1e-01 | 90 (–) | 92 (11) | -0.2 | 98.00 (–) |" in text
+    lines = [line for line in text.splitlines() if "| Q-AGREL |" in line or "| Error-BP |" in line]
+    assert [line.split(" | ")[2] for line in lines] == ["Full", "Conv", "Conv"]  # Table 1's order
+
+
+def test_csv_parses_with_the_papers_column_names(two_rows):
+    rows = list(csv.DictReader(io.StringIO(to_csv(two_rows))))
+    qagrel = next(r for r in rows if r["rule"] == "qagrel")
+    assert {k: qagrel[k] for k in ("dataset", "first_layer", "hidden_units", "lr", "epochs_mean", "epochs_sd",
+                                   "accuracy_mean", "accuracy_sd", "seeds_converged", "seeds")} == {
+        "dataset": "mnist", "first_layer": "conv", "hidden_units": "21632-5408-500", "lr": "1",
+        "epochs_mean": "20", "epochs_sd": "10", "accuracy_mean": "92", "accuracy_sd": "2",
+        "seeds_converged": "3", "seeds": "3"}
+    assert float(qagrel["epochs_diff_sd"]) == pytest.approx(-2.4)
+
+
+def test_latex_is_booktabs_grouped_by_dataset(two_rows):
+    text = to_latex(two_rows)
+    for piece in (r"\toprule", r"\bottomrule", r"\multirow{3}{*}{\rotatebox[origin=c]{90}{MNIST}}",
+                  r"Accuracy [\%]", r"$\alpha$", "20 (10) & 44 (10) & -2.4 & 92.00 (2.00)", r"$\Delta$ [SD]"):
+        assert piece in text
+    assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 2  # the table and the ratios
+
+
+def test_rich_rendering_holds_the_cells_and_notes(two_rows):
+    text = render(two_rows, TableFormat.rich, width=250)
+    assert "20 (10)" in text and "92.00 (2.00)" in text and "Q-AGREL / Error-BP epochs" in text
+    assert "sample standard deviation" in text
+
+
+# -------------------------------------------------------------------- CLI
+
+def test_cli_table_csv_goes_to_stdout(tmp_path):
+    three_seeds(tmp_path)
+    result = runner.invoke(app, ["table", str(tmp_path), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].startswith("mnist,qagrel,conv,21632-5408-500,1,20,10,92,2,3,3")
+
+
+def test_cli_table_out_writes_the_file(tmp_path):
+    three_seeds(tmp_path / "runs")
+    out = tmp_path / "table.tex"
+    result = runner.invoke(app, ["table", str(tmp_path / "runs"), "--format", "latex", "--compare", "paper",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert r"\toprule" in out.read_text()
+
+
+def test_cli_table_without_finished_runs_is_a_one_line_error(tmp_path):
+    fabricate(tmp_path, seed=0, finished=False)
+    result = runner.invoke(app, ["table", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no finished runs yet (1 unfinished)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_status_counts_each_state_per_row(tmp_path):
+    fabricate(tmp_path, seed=0)  # done
+    failed = fabricate(tmp_path, seed=1, finished=False)
+    runs.atomic_write_text(failed / runs.ERROR_FILE, "Traceback ...\nRuntimeError: out of memory\n")
+    partial = fabricate(tmp_path, seed=2, finished=False)
+    runs.atomic_write_text(partial / runs.LOG_FILE, "")  # any epoch log makes it partial
+    running = fabricate(tmp_path, seed=3, finished=False)
+    fd = try_lock(running)  # this test process plays the live sweep that holds it
+    try:
+        result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "200"})
+    finally:
+        os.close(fd)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "Q-AGREL" in line)
+    # done, running, failed, pending, total
+    assert [c.strip() for c in row.split("│")[-6:-1]] == ["1", "1", "1", "1", "4"]
+    assert "RuntimeError: out of memory" in result.output
+
+
+def test_cli_status_counts_planned_runs_that_never_started_as_pending(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / SWEEP_FILE).write_text(json.dumps({"grid": {"rule": ["qagrel", "bp"]}, "seeds": 3}))
+    result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    total = next(line for line in result.stdout.splitlines() if "total" in line and "│" in line)
+    assert [c.strip() for c in total.split("│")[-6:-1]] == ["0", "0", "0", "6", "6"]
+
+
+def test_cli_status_of_a_missing_folder_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["status", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "no such results folder" in result.output
