@@ -59,7 +59,9 @@ RUN_PANEL = "Run"
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # a message is plain text: 'qagrel[ray]' or a path with [..] is not markup
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -156,6 +158,17 @@ ResultsOption = Annotated[Path, typer.Option(
     "--results", help="Results root: runs go to <results>/<sweep name>/<run id>/.", rich_help_panel=SWEEP_PANEL)]
 
 
+from enum import Enum  # noqa: E402
+
+
+class Executor(str, Enum):
+    local = "local"  # worker processes on this machine
+    ray = "ray"  # Ray tasks on a Ray cluster (or a Ray instance started here)
+
+
+RAY_PANEL = "Ray (--executor ray)"
+
+
 @app.command()
 def sweep(
     file: Annotated[Path, typer.Argument(help="Sweep file (YAML), e.g. sweeps/table1.yaml.", show_default=False)],
@@ -165,8 +178,25 @@ def sweep(
     results: ResultsOption = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the expanded runs and their state; write nothing.",
                                           rich_help_panel=SWEEP_PANEL)] = False,
+    estimate: Annotated[bool, typer.Option("--estimate", help="With --dry-run: time each network here and print "
+                                           "the sweep's expected compute time per executor choice.",
+                                           rich_help_panel=SWEEP_PANEL)] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the runs that failed (see their "
                                                "_error.txt) again.", rich_help_panel=SWEEP_PANEL)] = False,
+    pack: Annotated[Optional[int], typer.Option(min=1, help="Train up to K runs that differ only in seed as one "
+                                                "seed pack per worker. Default: the sweep file's pack:, else 1.",
+                                                rich_help_panel=SWEEP_PANEL, show_default=False)] = None,
+    executor: Annotated[Executor, typer.Option(help="local: worker processes here; ray: Ray tasks (pip install "
+                                               "'qagrel\\[ray]').", rich_help_panel=SWEEP_PANEL)] = Executor.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: auto (the one started on this node "
+                                                   "with ray start) or HOST:PORT. Default: start Ray here.",
+                                                   rich_help_panel=RAY_PANEL, show_default=False)] = None,
+    cpus_per_run: Annotated[float, typer.Option(help="CPUs each Ray task (a run or a pack) asks for.",
+                                                rich_help_panel=RAY_PANEL)] = 1.0,
+    gpus_per_run: Annotated[float, typer.Option(help="GPUs each Ray task asks for; 0.25 puts four runs on a GPU.",
+                                                rich_help_panel=RAY_PANEL)] = 0.0,
+    retries: Annotated[int, typer.Option(min=0, help="Times a job whose Ray worker died is sent again, from the "
+                                         "checkpoints it shipped back.", rich_help_panel=RAY_PANEL)] = 2,
     data_dir: DataDirOption = None,
     download: DownloadOption = True,
 ) -> None:
@@ -175,11 +205,20 @@ def sweep(
 
     try:
         plan = load_sweep(file)
+        if estimate and not dry_run:
+            raise QagrelError("--estimate goes with --dry-run: qagrel sweep FILE --dry-run --estimate")
         if dry_run:
             print_plan(plan, results, Console())
+            if estimate:
+                from qagrel_cli.estimate import estimate_sweep, print_estimate
+                print_estimate(estimate_sweep(list(plan.configs), workers=workers, pack=pack or plan.pack), Console())
             return
+        ray = None
+        if executor == Executor.ray:
+            from qagrel_cli.ray_executor import RayOptions
+            ray = RayOptions(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, retries=retries)
         outcome = run_sweep(plan, results, workers=workers, data_dir=data_dir, download=download,
-                            retry_failed=retry_failed, console=console)
+                            retry_failed=retry_failed, console=console, pack=pack, ray=ray)
     except QagrelError as err:
         raise fail(str(err)) from None
     console.print(outcome.describe(), highlight=False, soft_wrap=True)

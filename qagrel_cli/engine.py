@@ -215,7 +215,7 @@ def train(config: TrainConfig, out: Path | None = None, *, data_dir: Path | None
         console.print(f"resuming {config.run_id} after epoch {state.epoch}")
 
     diverged = False
-    with _progress(console, quiet) as progress:
+    with progress_bar(console, quiet) as progress:
         while True:
             state.epoch += 1
             diverged = _train_one_epoch(trainer, state, progress)
@@ -335,7 +335,8 @@ class _NoProgress:
         return None
 
 
-def _progress(console: Console, quiet: bool) -> Any:
+def progress_bar(console: Console, quiet: bool) -> Any:
+    """A rich display of epoch progress; None inside `with` when quiet."""
     if quiet:
         return _NoProgress()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -37,17 +37,43 @@ class QNetwork(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.dropout = list(dropout)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                noise: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Q-values (or logits) and every layer's input activity.
+
+        In training mode a node is dropped when its uniform draw is below the
+        layer's dropout rate. The draws come from `generator` as each layer is
+        reached, unless `noise` gives them (one tensor per hidden layer, None
+        where there is no dropout): a seed pack draws every member's noise from
+        the member's own generator outside `vmap` (see `dropout_noise`).
+        """
         activities = [x]
-        for layer, p in zip(self.layers[:-1], self.dropout):
+        for n, (layer, p) in enumerate(zip(self.layers[:-1], self.dropout)):
             y = F.relu(layer(activities[-1]))
             if self.training and p > 0:
+                uniform = noise[n] if noise is not None else torch.rand(y.shape, generator=generator, device=y.device)
                 # Inverted dropout: a dropped node neither fires nor (y == 0) passes feedback.
-                keep = torch.rand(y.shape, generator=generator, device=y.device) >= p
-                y = y * keep / (1.0 - p)
+                y = y * (uniform >= p) / (1.0 - p)
             activities.append(y)
         return self.layers[-1](activities[-1]), activities
+
+    def dropout_noise(self, batch: int, hidden_shapes: list[torch.Size], generators: list[torch.Generator]
+                      ) -> list[torch.Tensor | None]:
+        """For K networks of this architecture, the uniform draws a training `forward` on `batch` inputs makes.
+
+        One (K, batch, ...) tensor per hidden layer (None where there is no
+        dropout); network k draws from `generators[k]`, layer by layer, exactly
+        as `forward(x, generators[k])` would, so `forward(x, noise=[t[k] ...])`
+        is that forward. `hidden_shapes` is `hidden_shapes(input_shape)`.
+        """
+        device = self.layers[0].weight.device
+        noise = [torch.empty(len(generators), batch, *shape, device=device) if p > 0 else None
+                 for shape, p in zip(hidden_shapes, self.dropout)]
+        for k, generator in enumerate(generators):
+            for uniform in noise:
+                if uniform is not None:
+                    torch.rand(uniform.shape[1:], generator=generator, out=uniform[k])
+        return noise
 
     def gated_feedback(self, n: int, activity: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
         """g * fb at hidden layer n's nodes: the feedback unit is open iff its feedforward unit fires.
@@ -63,15 +89,19 @@ class QNetwork(nn.Module):
         p = self.dropout[n] if self.training else 0.0
         return gated * (1.0 / (1.0 - p)) if p > 0 else gated
 
-    def hidden_units(self, input_shape: tuple[int, ...]) -> str:
-        """Table 1's 'hidden units' string, e.g. '21632-5408-500', computed from the built layers."""
+    def hidden_shapes(self, input_shape: tuple[int, ...]) -> list[torch.Size]:
+        """The shape of one sample's activity at every hidden layer, from a probe through the built layers."""
         was_training = self.training
         self.eval()
         with torch.no_grad():
             probe = torch.zeros(1, *input_shape, device=self.layers[0].weight.device)
             _, activities = self(probe)
         self.train(was_training)
-        return "-".join(str(a[0].numel()) for a in activities[1:])
+        return [a.shape[1:] for a in activities[1:]]
+
+    def hidden_units(self, input_shape: tuple[int, ...]) -> str:
+        """Table 1's 'hidden units' string, e.g. '21632-5408-500', computed from the built layers."""
+        return "-".join(str(shape.numel()) for shape in self.hidden_shapes(input_shape))
 
     def reset_weights(self, init_range: float, symmetric: bool, generator: torch.Generator) -> None:
         """Initialise every layer's W (and W') from one generator, in layer order."""

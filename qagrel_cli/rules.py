@@ -31,15 +31,28 @@ class BatchStats:
 
 def select_action(q: torch.Tensor, epsilon: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Eq. (5), max-Boltzmann: argmax_l q_l with probability 1 - epsilon, else a draw from softmax(q)."""
-    greedy = q.argmax(dim=1)
+    return select_actions(q[None], epsilon, [generator])[0]
+
+
+def select_actions(q: torch.Tensor, epsilon: float, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """Eq. (5) for K networks at once: q is (K, B, classes); network k draws from `generators[k]`.
+
+    Only the draws are made network by network (each from its own stream, in
+    the order a single network draws them: the Boltzmann sample, then the
+    exploration coin); everything else is one batched operation.
+    """
+    greedy = q.argmax(dim=-1)
     if epsilon <= 0:
         return greedy
     # A diverged network has non-finite q; keep drawing (uniformly) instead of failing mid-epoch on the
     # device: the epoch's non-finite loss marks the run as diverged when the epoch ends.
-    probabilities = F.softmax(q, dim=1).nan_to_num(nan=1.0)
-    boltzmann = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
-    explore = torch.rand(q.shape[0], generator=generator, device=q.device) < epsilon
-    return torch.where(explore, boltzmann, greedy)
+    probabilities = F.softmax(q, dim=-1).nan_to_num(nan=1.0)
+    boltzmann = torch.empty(*q.shape[:-1], 1, dtype=torch.long, device=q.device)
+    coin = torch.empty(q.shape[:-1], dtype=q.dtype, device=q.device)
+    for k, generator in enumerate(generators):
+        torch.multinomial(probabilities[k], 1, generator=generator, out=boltzmann[k])
+        torch.rand(q.shape[1], generator=generator, out=coin[k])
+    return torch.where(coin < epsilon, boltzmann.squeeze(-1), greedy)
 
 
 def reward_prediction_error(q: torch.Tensor, action: torch.Tensor, labels: torch.Tensor
@@ -99,22 +112,39 @@ def qagrel_step(net: QNetwork, x: torch.Tensor, labels: torch.Tensor, lr: float,
     """One Q-AGREL batch: forward, select, reward, feedback, update. Returns on-device sums."""
     q, activities = net(x, generator)
     action = select_action(q, epsilon, generator)
+    changes, stats = qagrel_learn(net, q, activities, action, labels, lr)
+    apply_weight_changes(net, changes)
+    return stats
+
+
+def qagrel_learn(net: QNetwork, q: torch.Tensor, activities: list[torch.Tensor], action: torch.Tensor,
+                 labels: torch.Tensor, lr: float) -> tuple[list[torch.Tensor], BatchStats]:
+    """Phases 3-5 once the actions are selected: reward, RPE and every layer's weight change.
+
+    Free of random draws and of side effects, so a seed pack can `vmap` it over members.
+    """
     reward, delta = reward_prediction_error(q, action, labels)
-    apply_weight_changes(net, qagrel_weight_changes(net, activities, action, delta, lr))
-    return BatchStats(rewarded=reward.sum(), loss=0.5 * delta.square().sum())
+    changes = qagrel_weight_changes(net, activities, action, delta, lr)
+    return changes, BatchStats(rewarded=reward.sum(), loss=0.5 * delta.square().sum())
 
 
 def bp_step(net: QNetwork, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor,
             generator: torch.Generator | None = None) -> BatchStats:
     """One error-backpropagation batch: softmax + cross-entropy (batch mean), autograd through W."""
     q, _ = net(x, generator)
-    loss = F.cross_entropy(q, labels)
+    loss, stats = bp_loss(q, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    return stats
+
+
+def bp_loss(q: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, BatchStats]:
+    """BP's objective, softmax + cross-entropy averaged over the batch, and the batch's sums."""
+    loss = F.cross_entropy(q, labels)
     with torch.no_grad():
         correct = (q.argmax(dim=1) == labels).sum().to(q.dtype)
-    return BatchStats(rewarded=correct, loss=loss.detach() * labels.shape[0])
+    return loss, BatchStats(rewarded=correct, loss=loss.detach() * labels.shape[0])
 
 
 def alignment_angles(net: QNetwork) -> list[float]:

@@ -30,21 +30,20 @@ def tiny(**overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-@pytest.mark.parametrize("rule, threshold", [("qagrel", 0.80), ("bp", 0.80)])
-def test_a_few_hundred_batches_of_real_mnist_lift_test_accuracy_far_above_chance(rule, threshold, mnist_dir,
-                                                                                 tmp_path):
-    # 300 batches of 100 on the paper's fc network (1500-1000-500) at Table 1's learning rates.
-    # Measured on this code: Q-AGREL ~0.90, BP ~0.89 test accuracy (chance: 0.10).
-    config = TrainConfig(rule=rule, arch="fc", train_size=30000, max_epochs=1, device="cpu")
+@pytest.mark.parametrize("rule", ["qagrel", "bp"])
+def test_a_few_hundred_batches_of_real_mnist_lift_test_accuracy_far_above_chance(rule, mnist_dir, tmp_path):
+    # 200 batches of 100 on the paper's fc network (1500-1000-500) at Table 1's learning rates.
+    # Measured with seed 0: Q-AGREL 0.920, BP 0.910 test accuracy (chance: 0.10).
+    config = TrainConfig(rule=rule, arch="fc", train_size=20000, max_epochs=1, device="cpu")
     summary = train(config, tmp_path / rule, data_dir=mnist_dir, quiet=True)
     assert summary["status"] == "finished"
-    assert summary["test_acc_at_stop"] > threshold
+    assert summary["test_acc_at_stop"] > 0.85
 
 
 def test_same_seed_gives_bitwise_identical_epoch_log_on_cpu(mnist_dir, tmp_path):
     logs = []
     for name in ("a", "b"):
-        train(tiny(arch="conv", fc="16", train_size=300, max_epochs=2), tmp_path / name, data_dir=mnist_dir,
+        train(tiny(arch="conv", fc="16", train_size=200, max_epochs=2), tmp_path / name, data_dir=mnist_dir,
               quiet=True)
         logs.append(runs.read_log(tmp_path / name)[DETERMINISTIC])
     pd.testing.assert_frame_equal(logs[0], logs[1], check_exact=True)
@@ -131,7 +130,8 @@ def run_cli(args: list[str]) -> subprocess.Popen:
 
 
 def test_a_run_killed_after_epoch_k_and_restarted_gives_the_uninterrupted_log(mnist_dir, tmp_path):
-    args = ["train", "--arch", "conv", "--fc", "16", "--train-size", "300", "--max-epochs", "5",
+    # fc keeps evaluation cheap; the exploration draws still test that every RNG state resumes.
+    args = ["train", "--arch", "fc", "--fc", "32", "--train-size", "1000", "--max-epochs", "20",
             "--device", "cpu", "--data-dir", str(mnist_dir), "--quiet"]
     full = run_cli([*args, "--out", str(tmp_path / "full")])
 
@@ -146,10 +146,10 @@ def test_a_run_killed_after_epoch_k_and_restarted_gives_the_uninterrupted_log(mn
     killed.wait()
     assert not (tmp_path / "killed" / runs.SUMMARY_FILE).exists(), "the run must be killed mid-way"
     epochs_before = len(runs.read_log(tmp_path / "killed"))
-    assert 2 <= epochs_before < 5
+    assert 2 <= epochs_before < 20
 
     resumed = run_cli([*args, "--out", str(tmp_path / "killed")])
     assert resumed.wait(timeout=300) == 0 and full.wait(timeout=300) == 0
     pd.testing.assert_frame_equal(runs.read_log(tmp_path / "killed")[DETERMINISTIC],
                                   runs.read_log(tmp_path / "full")[DETERMINISTIC], check_exact=True)
-    assert json.loads((tmp_path / "killed" / runs.SUMMARY_FILE).read_text())["stop_epoch"] == 5
+    assert json.loads((tmp_path / "killed" / runs.SUMMARY_FILE).read_text())["stop_epoch"] == 20
