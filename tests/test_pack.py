@@ -12,7 +12,6 @@ bitwise equal.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Iterator
 
@@ -27,28 +26,21 @@ from qagrel_cli.config import QagrelError, TrainConfig
 from qagrel_cli.data import load_dataset
 from qagrel_cli.pack import parse_seeds, train_pack
 
+from conftest import load_with_small_test_set
+
 COUNTS = ["epoch", "train_reward", "val_acc", "test_acc"]
 TIMING = ["epoch_seconds", "samples_per_second"]
 SEEDS = [0, 1, 2]
 
 
-@functools.cache
-def _mnist_with_small_test_set(dataset, data_dir, download=False):
-    # Evaluating 10,000 test images every epoch would dominate these tests' time; both the pack
-    # and the runs it is compared with see the same 500.
-    raw = load_dataset(dataset, data_dir, download)
-    return dataclasses.replace(raw, test_x=raw.test_x[:500], test_y=raw.test_y[:500])
-
-
 @pytest.fixture
-def data(mnist_dir, monkeypatch) -> Iterator[Path]:
-    monkeypatch.setattr(engine, "load_dataset", _mnist_with_small_test_set)
-    monkeypatch.setattr(pack, "load_dataset", _mnist_with_small_test_set)
+def data(small_mnist, monkeypatch) -> Iterator[Path]:
+    monkeypatch.setattr(pack, "load_dataset", load_with_small_test_set)
     # One thread: on a busy 2-core machine oneDNN's grouped convolutions (the vmap strategy's) stall
     # for seconds waiting for a second thread; the pack and the runs it is compared with share the setting.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield mnist_dir
+    yield small_mnist
     torch.set_num_threads(threads)
 
 

@@ -1,0 +1,68 @@
+"""`qagrel sweep FILE --dry-run --estimate`: a row per network, a total, positive times, nothing written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from qagrel_cli.cli import app
+from qagrel_cli.config import TrainConfig
+from qagrel_cli.estimate import estimate_sweep, expected_epochs, format_duration
+from qagrel_cli.sweep import load_sweep
+
+runner = CliRunner()
+# Two networks (fc and conv, both with 16 hidden units), two seeds each.
+TINY = {"name": "tiny", "grid": {"dataset": "mnist", "arch": ["fc", "conv"], "fc": "16", "rule": "qagrel",
+                                 "train_size": 200, "max_epochs": 3, "device": "cpu"}, "seeds": 2}
+
+
+def test_estimate_prints_a_row_per_network_and_the_totals_and_writes_nothing(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    results = tmp_path / "results"
+    result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--estimate", "--workers", "2",
+                                 "--results", str(results)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    rows = [line for line in out.splitlines() if line.startswith("│ MNIST")]
+    assert len(rows) == 2 and "Full" in rows[0] and "Conv" in rows[1], out
+    assert all("3 (max_epochs)" in row for row in rows)
+    assert re.search(r"│ total .*│\s+4 │", out), out
+    assert "local, 1 worker" in out and "local, --workers 2" in out and "--executor ray" in out
+    assert not results.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
+def test_estimated_times_are_positive_and_add_up(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    estimate = estimate_sweep(list(load_sweep(path).configs), workers=2, pack=2)
+    assert [n.runs for n in estimate.networks] == [2, 2]
+    for n in estimate.networks:
+        assert n.cost.step > 0 and n.cost.eval_image > 0
+        assert n.run_seconds > 0 and n.run_seconds_shared > 0 and n.epochs == 3
+    assert estimate.sequential == sum(2 * n.run_seconds for n in estimate.networks) > 0
+    assert estimate.parallel > 0
+    assert estimate.packed == estimate.sequential  # on a CPU a pack runs its members one after another
+
+
+def test_expected_epochs_are_the_papers_mean_for_a_table1_row_capped_at_max_epochs():
+    # Table 1: MNIST, Q-AGREL, conv, 21632-5408-500, alpha 1: 44 epochs on average.
+    assert expected_epochs(TrainConfig(arch="conv", rule="qagrel")) == (44.0, "paper")
+    assert expected_epochs(TrainConfig(arch="conv", rule="qagrel", max_epochs=10)) == (10.0, "max_epochs")
+    assert expected_epochs(TrainConfig(arch="conv", rule="qagrel", lr=0.3)) == (500.0, "max_epochs")
+
+
+def test_estimate_without_dry_run_is_an_error(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    result = runner.invoke(app, ["sweep", str(path), "--estimate", "--results", str(tmp_path / "results")])
+    assert result.exit_code == 2 and "--estimate goes with --dry-run" in result.output
+    assert not (tmp_path / "results").exists()
+
+
+def test_durations_are_in_the_unit_a_reader_plans_in():
+    assert [format_duration(s) for s in (4.2, 600, 7200, 3 * 86400, 30 * 86400)] == [
+        "4.2 s", "10.0 min", "2.0 h", "3.0 days", "4.3 weeks"]
