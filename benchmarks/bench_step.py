@@ -1,6 +1,6 @@
 """Time one training step of qagrel's engine against a plain PyTorch step of the same network.
 
-    python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--min-seconds 2]
+    python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--seconds 3] [--rounds 5]
 
 For conv and loccon on MNIST-sized (1x28x28) and CIFAR-sized (3x32x32) input,
 it measures, side by side in one process:
@@ -8,12 +8,15 @@ it measures, side by side in one process:
   qagrel   : qagrel_cli.rules.qagrel_step (forward, selection, RPE, feedback, update)
   bp       : qagrel_cli.rules.bp_step (the engine's BP on its own layers)
 and prints ratios: qagrel / plain-bp (target <= 1.1) and loccon / conv (target <= 3).
-Times are medians of torch.utils.benchmark's blocked_autorange (CUDA-synchronised).
+Times are medians over interleaved rounds of torch.utils.benchmark's blocked_autorange
+(CUDA-synchronised).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +42,29 @@ def plain_sequential(arch: Arch, shape: tuple[int, int, int], classes: int) -> n
                          nn.ReLU(), nn.Dropout(LAST_HIDDEN_DROPOUT), nn.Linear(500, classes, bias=False))
 
 
-def time_step(fn, min_seconds: float) -> float:
-    """Median seconds per call."""
-    for _ in range(3):  # warm-up: allocator, kernels, lazy init
-        fn()
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_seconds).median
+def time_steps(fns: dict[str, Callable[[], object]], seconds: float, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, measured in interleaved rounds.
+
+    Interleaving (a, b, c, a, b, c, ...) keeps a shared machine's drifting load
+    from landing on one contender only; the median over rounds drops outliers.
+    """
+    for fn in fns.values():  # warm-up: allocator, kernels, lazy init
+        for _ in range(3):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+            samples[name].append(timer.blocked_autorange(min_run_time=seconds / rounds).median)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per contender and case")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median is reported)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
@@ -76,11 +90,11 @@ def main() -> None:
             net.reset_weights(0.02, True, torch.Generator().manual_seed(0))
             net.to(device).train()
             opt = torch.optim.SGD(net.parameters(), lr=0.01)
-            times = {
-                "plain": time_step(plain_step, args.min_seconds),
-                "bp": time_step(lambda: bp_step(net, opt, x, y, gen), args.min_seconds),
-                "qagrel": time_step(lambda: qagrel_step(net, x, y, 1.0, 0.02, gen), args.min_seconds),
-            }
+            times = time_steps({
+                "plain": plain_step,
+                "bp": lambda: bp_step(net, opt, x, y, gen),
+                "qagrel": lambda: qagrel_step(net, x, y, 1.0, 0.02, gen),
+            }, args.seconds, args.rounds)
             per_arch[(data, arch.value)] = times["qagrel"]
             print(f"{data:6} {arch.value:7} {1e3 * times['plain']:11.2f} {1e3 * times['bp']:8.2f} "
                   f"{1e3 * times['qagrel']:10.2f} {times['qagrel'] / times['plain']:12.2f}x")
