@@ -3,54 +3,55 @@
 A sweep file (see README, "Sweeps") lists TrainConfig fields under `grid:`;
 lists are swept, scalars are fixed. `seeds: 10` is seeds 0-9. Each `include:`
 entry is a copy of the grid with some keys replaced; `exclude:` entries drop
-every run that matches all their keys. Runs live in
+every run that matches all their keys. `pack: K` trains up to K runs that
+differ only in seed as one seed pack (qagrel_cli/pack.py). Runs live in
 `<results>/<sweep-name>/<run-id>/`, named by their resolved config, so a run is
 the same run in every sweep that contains it and is never trained twice.
 
-Run state is decided in one place, `run_state`, for the dry run, the executor
+Run state is decided in one place, `run_state`, for the dry run, both
+executors (local processes: local_executor.py; Ray tasks: ray_executor.py)
 and `qagrel status`. A run is locked (flock on `<run>/_lock`) by the process
-that trains it; the kernel drops the lock when that process dies, even on
-kill -9, so a stale lock never blocks a later sweep.
+that trains it (with Ray, the driver, while the run's task is out); the
+kernel drops the lock when that process dies, even on kill -9, so a stale
+lock never blocks a later sweep.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import fcntl
 import itertools
 import json
-import multiprocessing
 import os
 import re
 import signal
-import sys
 import threading
 import time
-import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
-from multiprocessing.connection import wait as wait_for_processes
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import yaml
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
 
 from qagrel_cli.config import CONFIG_FIELDS, QagrelError, TrainConfig
+from qagrel_cli.jobs import make_jobs
 from qagrel_cli.runs import (CHECKPOINT_FILE, ERROR_FILE, LOCK_FILE, LOG_FILE, SUMMARY_FILE, atomic_write_text,
                              find_run_dirs, is_run_dir, read_config, read_summary, write_config)
 from qagrel_cli.table import RowKey, RunRecord, format_setting, row_key, row_key_fields
 
-SWEEP_KEYS = ("name", "grid", "seeds", "include", "exclude")
+if TYPE_CHECKING:
+    from qagrel_cli.ray_executor import RayOptions
+
+SWEEP_KEYS = ("name", "grid", "seeds", "pack", "include", "exclude")
 # The sweep file as it was run, kept in its results folder so that `qagrel status`
 # knows the runs that have not started yet. '_' keeps it out of pd.read_parquet.
 SWEEP_FILE = "_sweep.yaml"
 
-# How a worker process tells the sweep what happened (the details are on disk).
+# What happened to a run a worker was given (the details are on disk).
 EXIT_TRAINED = 0  # trained (or resumed) to the end: _summary.json exists
 EXIT_FAILED = 1  # raised: _error.txt holds the traceback
 EXIT_LOCKED = 75  # another live process holds the run's lock: not touched
@@ -80,6 +81,7 @@ class Sweep:
     path: Path
     text: str
     configs: tuple[TrainConfig, ...]
+    pack: int = 1  # runs that differ only in seed are trained this many at a time as one seed pack
 
     def run_dir(self, results: Path, config: TrainConfig) -> Path:
         """Where `config`'s run lives when this sweep writes under `results`."""
@@ -117,6 +119,10 @@ def parse_sweep(text: str, path: Path, default_name: str | None = None) -> Sweep
     seeds = _seeds(path, data.get("seeds"))
     if seeds is not None and "seed" in grid:
         raise QagrelError(f"{path}: give either seeds: or grid.seed, not both")
+    pack = data.get("pack", 1)
+    if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+        raise QagrelError(f"{path}: pack: give how many runs that differ only in seed to train as one pack "
+                          f"(1 = no packing), got {pack!r}")
     includes = [_axes(path, f"include[{i}]", entry) for i, entry in enumerate(_entries(path, "include", data))]
     excludes = [_axes(path, f"exclude[{i}]", entry) for i, entry in enumerate(_entries(path, "exclude", data))]
 
@@ -141,7 +147,7 @@ def parse_sweep(text: str, path: Path, default_name: str | None = None) -> Sweep
         raise QagrelError(f"{path}: the sweep expands to no runs (every combination is excluded)")
     # Seed 0 of every row first: an early look at the whole table, not all seeds of one row.
     ordered = sorted(configs.values(), key=lambda c: c.seed)
-    return Sweep(name=name, path=path, text=text, configs=tuple(ordered))
+    return Sweep(name=name, path=path, text=text, configs=tuple(ordered), pack=pack)
 
 
 def _axes(path: Path, where: str, mapping: Any) -> dict[str, list[Any]]:
@@ -310,18 +316,26 @@ class SweepOutcome:
 
 
 def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path | None = None,
-              download: bool = False, retry_failed: bool = False, console: Console | None = None) -> SweepOutcome:
-    """Train every unfinished run of `sweep` with `workers` processes; resume partial runs, skip locked ones.
+              download: bool = False, retry_failed: bool = False, console: Console | None = None,
+              pack: int | None = None, ray: "RayOptions | None" = None) -> SweepOutcome:
+    """Train every unfinished run of `sweep`; resume partial runs, skip locked ones.
 
+    Runs go to `workers` local processes, or with `ray` to Ray tasks (see
+    ray_executor.py). `pack` (default: the sweep file's `pack:`) trains up to
+    that many runs that differ only in seed as one seed pack per worker.
     Ctrl-C and SIGTERM stop the workers at once (every finished epoch is
-    already checkpointed by the engine) and return with `interrupted` set.
+    already saved) and return with `interrupted` set.
     """
     from qagrel_cli.data import default_data_dir, load_dataset
 
     console = console or Console(stderr=True)
     if workers < 1:
         raise QagrelError(f"--workers must be at least 1, got {workers}")
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if ray is not None:
+        from qagrel_cli.ray_executor import preflight
+        preflight(ray)  # no Ray installed, or no cluster at the address: one line, before anything is written
+    pack = sweep.pack if pack is None else pack
+    data_dir = (Path(data_dir) if data_dir is not None else default_data_dir()).resolve()
     outcome = SweepOutcome()
     todo: list[TrainConfig] = []
     for config in sweep.configs:
@@ -334,166 +348,126 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
             outcome.failed_before.append(config.run_id)
         else:
             todo.append(config)
+    jobs = make_jobs(todo, pack)
+    how = "Ray tasks" if ray is not None else f"{workers} worker(s)"
+    packs = f" in {len(jobs)} pack(s) of up to {pack}" if pack > 1 else ""
     console.print(f"sweep [bold]{sweep.name}[/]: {len(sweep.configs)} runs in {Path(results) / sweep.name}: "
                   f"{len(outcome.already_done)} done, {len(outcome.locked)} running elsewhere, "
-                  f"{len(outcome.failed_before)} failed before, {len(todo)} to run with {workers} worker(s)",
+                  f"{len(outcome.failed_before)} failed before, {len(todo)} to run{packs} with {how}",
                   highlight=False)
     if not todo:
         return outcome
     for dataset in sorted({c.dataset for c in todo}, key=lambda d: d.value):
         load_dataset(dataset, data_dir, download)  # a missing dataset is one error now, not one per run
-    sweep_file = Path(results) / sweep.name / SWEEP_FILE
+    root = Path(results) / sweep.name
+    sweep_file = root / SWEEP_FILE
     if not sweep_file.exists() or sweep_file.read_text() != sweep.text:
         atomic_write_text(sweep_file, sweep.text)
-    _execute(sweep, results, todo, workers, data_dir, download, outcome, console)
+    with _sigterm_interrupts():
+        if ray is not None:
+            from qagrel_cli.ray_executor import execute as execute_on_ray
+            execute_on_ray(root, jobs, data_dir, download, outcome, console, ray)
+        else:
+            from qagrel_cli.local_executor import execute as execute_locally
+            execute_locally(root, jobs, workers, data_dir, download, outcome, console)
     return outcome
 
 
-def _execute(sweep: Sweep, results: Path, todo: list[TrainConfig], workers: int, data_dir: Path, download: bool,
-             outcome: SweepOutcome, console: Console) -> None:
-    """Keep `workers` processes busy, one run each, until `todo` is empty or the user interrupts."""
-    import torch
-
-    ctx = multiprocessing.get_context("spawn")  # fork after importing torch is unsafe
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    gpus = torch.cuda.device_count()
-    gpu_load = [0] * gpus
-    queue = list(todo)
-    live: dict[Any, tuple[multiprocessing.process.BaseProcess, TrainConfig, int | None]] = {}
-    progress = Progress(SpinnerColumn(), TextColumn("runs"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=console,
-                        speed_estimate_period=7 * 24 * 3600)  # runs take hours: average over the whole sweep
-    task = progress.add_task("runs", total=len(todo), counts="")
-
-    def counts() -> str:
-        return (f"done {len(outcome.trained)}  running {len(live)}  failed {len(outcome.failed)}  "
-                f"pending {len(queue)}")
-
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler ending the job) stops the sweep as Ctrl-C does: the executor catches KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with progress:
-            while queue or live:
-                while queue and len(live) < workers:
-                    config = queue.pop(0)
-                    gpu = min(range(gpus), key=gpu_load.__getitem__) if gpus and config.device == "auto" else None
-                    if gpu is not None:  # spread runs over the GPUs; device is not part of the run id
-                        gpu_load[gpu] += 1
-                        config = dataclasses.replace(config, device=f"cuda:{gpu}")
-                    process = ctx.Process(target=_worker, name=f"qagrel-{config.run_id}", daemon=True,
-                                          args=(config, sweep.run_dir(results, config), data_dir, download,
-                                                threads, os.getpid()))
-                    process.start()
-                    live[process.sentinel] = (process, config, gpu)
-                progress.update(task, counts=counts())
-                for sentinel in wait_for_processes(list(live), timeout=1.0):
-                    process, config, gpu = live.pop(sentinel)
-                    process.join()
-                    if gpu is not None:
-                        gpu_load[gpu] -= 1
-                    line = _record(process.exitcode, sweep.run_dir(results, config), config.run_id, outcome)
-                    progress.console.print(line, highlight=False, soft_wrap=True)  # a log line, also off a terminal
-                    progress.update(task, advance=1, counts=counts())
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-        for process, _, _ in live.values():
-            process.terminate()
-        for process, _, _ in live.values():
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        yield
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _record(exitcode: int | None, run_dir: Path, run_id: str, outcome: SweepOutcome) -> str:
-    """File a finished worker under its outcome and say what happened in one line.
+@dataclass
+class Claims:
+    """Of a job's runs, those this process took (run id -> lock fd) and those it left (run id -> EXIT_* why)."""
 
-    A worker that died without a word (killed for memory?) gets an _error.txt here.
+    fds: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+def claim_runs(root: Path, configs: Sequence[TrainConfig]) -> Claims:
+    """Take the lock of each run in `root/<run id>/` for training it, waiting up to LOCK_RETRY_SECONDS in all.
+
+    A run whose lock another live process holds is left (EXIT_LOCKED), as is one
+    that was finished between the plan and the lock (EXIT_ALREADY_DONE). A taken
+    run loses its old _error.txt (it is being retried) and, when new, gets the
+    config the engine would write first: its folder already holds _lock, and the
+    engine refuses a non-empty folder that is not a run folder.
     """
-    if exitcode == EXIT_TRAINED:
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    claims = Claims()
+    for config in configs:
+        run_dir = root / config.run_id
+        while (fd := try_lock(run_dir)) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if fd is None:
+            claims.refused[config.run_id] = EXIT_LOCKED
+        elif (run_dir / SUMMARY_FILE).exists():
+            os.close(fd)
+            claims.refused[config.run_id] = EXIT_ALREADY_DONE
+        else:
+            (run_dir / ERROR_FILE).unlink(missing_ok=True)
+            if not is_run_dir(run_dir):
+                write_config(run_dir, config.resolved().to_dict())
+            claims.fds[config.run_id] = fd
+    return claims
+
+
+def release_run(run_dir: Path, fd: int) -> None:
+    """Give a run's lock back. A finished run's lock file goes too: done is final, and a process that
+    opened the file before the unlink gets the lock after us, sees the summary and leaves."""
+    if (run_dir / SUMMARY_FILE).exists():
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def record_outcome(code: int, run_dir: Path, run_id: str, outcome: SweepOutcome) -> str:
+    """File a run under what happened to it (an EXIT_* code) and say it in one line.
+
+    A failed run's cause is already in its _error.txt.
+    """
+    if code == EXIT_TRAINED:
         outcome.trained.append(run_id)
         summary = read_summary(run_dir) or {}
         if summary.get("diverged"):
             outcome.diverged.append(run_id)
         return (f"{summary.get('status', 'finished')} {run_id}: stop epoch {summary.get('stop_epoch')}, "
                 f"test accuracy at best {100 * float(summary.get('test_acc_at_best', float('nan'))):.2f}%")
-    if exitcode == EXIT_LOCKED:
+    if code == EXIT_LOCKED:
         outcome.locked.append(run_id)
         return f"skipped {run_id}: another process is training it"
-    if exitcode == EXIT_ALREADY_DONE:
+    if code == EXIT_ALREADY_DONE:
         outcome.already_done.append(run_id)
         return f"skipped {run_id}: another process finished it"
     outcome.failed.append(run_id)
-    if exitcode != EXIT_FAILED:
-        how = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"code {exitcode}"
-        _write_error(run_dir, f"the worker process died ({how}) while training this run\n")
     return f"[red]failed[/] {run_id}: see {run_dir / ERROR_FILE}"
 
 
-def _write_error(run_dir: Path, text: str) -> None:
-    """Record a failure under the run's lock, so that a run another process has since taken is left alone."""
-    fd = try_lock(run_dir)
-    if fd is None:
+def write_error(run_dir: Path, text: str, fd: int | None = None) -> None:
+    """Record why a run failed, unless it is finished. Without `fd` (our hold on its lock) the lock is taken
+    first, so that a run another process has taken since is left alone."""
+    own = fd is None
+    if own and (fd := try_lock(run_dir)) is None:
         return
     try:
         if not (run_dir / SUMMARY_FILE).exists():
             atomic_write_text(run_dir / ERROR_FILE, text)
     finally:
-        os.close(fd)
-
-
-# ------------------------------------------------------------ worker side
-
-def _worker(config: TrainConfig, run_dir: Path, data_dir: Path, download: bool, threads: int,
-            parent_pid: int) -> None:
-    """Train one run in this (spawned) process; the exit code tells the sweep what happened."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it terminates us
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    deadline = time.monotonic() + LOCK_RETRY_SECONDS
-    while (fd := try_lock(run_dir)) is None:
-        if time.monotonic() > deadline:
-            sys.exit(EXIT_LOCKED)
-        time.sleep(0.1)
-    if (run_dir / SUMMARY_FILE).exists():  # finished by another sweep after we planned it
-        sys.exit(EXIT_ALREADY_DONE)
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a retry: the old error no longer describes the run
-    if not is_run_dir(run_dir):
-        # The engine refuses a non-empty folder that is not a run folder, and ours
-        # already holds _lock; write the config the engine would write first.
-        write_config(run_dir, config.resolved().to_dict())
-    import torch
-
-    from qagrel_cli.engine import train
-
-    torch.set_num_threads(threads)
-    try:
-        train(config, run_dir, data_dir=data_dir, download=download, quiet=True)
-    except Exception as err:
-        text = f"{err}\n" if isinstance(err, QagrelError) else traceback.format_exc()
-        atomic_write_text(run_dir / ERROR_FILE, text)
-        sys.exit(EXIT_FAILED)
-    # Done is final, so the lock file can go: a process that opened it before the
-    # unlink gets the lock after us, sees the summary and leaves.
-    (run_dir / LOCK_FILE).unlink(missing_ok=True)
-    os.close(fd)
-    sys.exit(EXIT_TRAINED)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Die with the sweep (even on kill -9 of it), so no orphan keeps a run locked."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(EXIT_FAILED)
+        if own:
+            os.close(fd)
 
 
 # ------------------------------------------------------------------ status
@@ -536,4 +510,4 @@ def print_status(root: Path, console: Console) -> None:
 
 __all__ = ["Sweep", "load_sweep", "parse_sweep", "RunState", "run_state", "try_lock", "is_locked",
            "discover_runs", "load_run_config", "print_plan", "run_sweep", "SweepOutcome", "print_status",
-           "SWEEP_FILE"]
+           "SWEEP_FILE", "Claims", "claim_runs", "release_run", "record_outcome", "write_error"]

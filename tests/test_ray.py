@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
 
 from qagrel_cli import runs  # noqa: E402
+from qagrel_cli.cli import app  # noqa: E402
 from qagrel_cli.ray_executor import RayOptions  # noqa: E402
 from qagrel_cli.sweep import RunState, SweepOutcome, load_sweep, run_state  # noqa: E402
 from test_executors import DATA, TINY, assert_same_results, sweep_with, write_sweep  # noqa: E402
@@ -33,7 +36,7 @@ SLOW = {"dataset": "mnist", "arch": "fc", "rule": "qagrel", "train_size": 1000, 
 def ray_instance():
     if not (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip(f"real MNIST not found under {DATA}")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -134,3 +137,15 @@ def test_killed_worker_without_retries_is_recorded_failed_then_resumed_by_retry_
     assert list(log["epoch"]) == list(range(1, runs.read_summary(run_dir)["stop_epoch"] + 1))
     pd.testing.assert_frame_equal(log.iloc[:len(before)], before, check_exact=True)
     assert not (run_dir / runs.ERROR_FILE).exists()
+
+
+def test_an_address_where_no_cluster_answers_is_one_error_before_anything_is_written(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = write_sweep(tmp_path, "tiny", TINY, seeds=1)
+    result = CliRunner().invoke(app, ["sweep", str(path), "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                                      "--results", str(tmp_path / "results"), "--data-dir", str(DATA)])
+    assert result.exit_code == 2
+    assert f"cannot connect to the Ray cluster at 127.0.0.1:{port}" in result.output
+    assert not (tmp_path / "results").exists()

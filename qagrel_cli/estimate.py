@@ -1,0 +1,262 @@
+"""`qagrel sweep FILE --dry-run --estimate`: how long a sweep takes here, before it starts.
+
+For every distinct network of the sweep (dataset, first layer, hidden sizes,
+rule, and what else sets the cost of a step: batch size, optimizer, device)
+it times a few training steps, after a warm-up, on random images of the right
+shape (speed does not depend on pixel values), and the greedy evaluation of a
+batch of images. A run then costs
+
+    epochs x (batches per epoch x step time + (validation + test images) x evaluation time per image)
+
+where epochs is the paper's mean for the matching Table 1 row (capped at the
+run's max_epochs), else max_epochs: early stopping ends most runs far sooner,
+so max_epochs is an upper bound, and the output says which was used.
+
+The executor choices it prices: one local worker (all cores to one run);
+`--workers N` (cores divided, timed again with that many threads, N runs at
+once); a seed pack of K (on CUDA one vmapped step of K members, timed; on a CPU
+the pack runs its members one after another, qagrel_cli/pack.py, so it costs
+what one worker does); and Ray, which is the `--workers` figure divided by the
+number of such machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from qagrel_cli.config import Dataset, TrainConfig, dataset_family
+from qagrel_cli.data import Splits
+from qagrel_cli.engine import EVAL_BATCH, RunState, Trainer, resolve_device, to_float
+from qagrel_cli.table import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, TABLE1_FIELDS, RunRecord, paper_table, row_key
+
+# Training and test images per dataset, and their classes (the files hold exactly these).
+DATASET_SIZES: dict[Dataset, tuple[int, int, int]] = {
+    Dataset.mnist: (60000, 10000, 10), Dataset.fashion_mnist: (60000, 10000, 10),
+    Dataset.cifar10: (50000, 10000, 10), Dataset.cifar100: (50000, 10000, 100),
+}
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
+# The settings that decide what one step costs; runs that share them share a calibration.
+STEP_FIELDS = ("dataset", "arch", "fc", "rule", "optimizer", "batch_size", "device")
+# Timing: one warm-up call (lazy allocations, kernel selection), then the best of a few rounds of at
+# least ROUND_SECONDS each. A slow network's step takes longer than a round: then a round is one call.
+WARMUP_CALLS = 1
+TIMING_ROUNDS = 3
+ROUND_SECONDS = 0.1
+EVAL_IMAGES = min(EVAL_BATCH, 200)  # per-image evaluation cost is flat from a few hundred images up
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Measured seconds for one network: a training step, and evaluating one image."""
+
+    step: float
+    eval_image: float
+
+
+@dataclass(frozen=True)
+class NetworkEstimate:
+    """One distinct network of the sweep: its runs, their expected epochs, and what they cost."""
+
+    config: TrainConfig  # the first run of this network (seed and the like are any run's)
+    runs: int
+    epochs: float  # expected epochs per run (mean over the network's runs)
+    epochs_source: str  # 'paper' (Table 1's mean), 'max_epochs', or 'max_epochs/paper' when runs differ
+    cost: Cost  # measured with all cores
+    run_seconds: float  # one run, all cores
+    run_seconds_shared: float  # one run, the cores divided among `workers` runs
+    run_seconds_packed: float | None  # one member of a pack of `pack`, when timed
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    """Every network's estimate and the whole sweep's compute time per executor choice."""
+
+    networks: list[NetworkEstimate]
+    workers: int
+    pack: int
+    device: str
+    threads: int
+
+    @property
+    def sequential(self) -> float:
+        return sum(n.runs * n.run_seconds for n in self.networks)
+
+    @property
+    def parallel(self) -> float:
+        return sum(n.runs * n.run_seconds_shared for n in self.networks) / self.workers
+
+    @property
+    def packed(self) -> float | None:
+        if any(n.run_seconds_packed is None for n in self.networks):
+            return None
+        return sum(n.runs * n.run_seconds_packed for n in self.networks)
+
+
+def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pack: int = 1) -> SweepEstimate:
+    """Time one calibration per distinct network of `configs` and price the sweep. Writes nothing."""
+    cores = os.cpu_count() or 1
+    workers = workers if workers and workers > 1 else max(1, cores)
+    groups: dict[tuple, list[TrainConfig]] = {}
+    for config in configs:
+        resolved = config.resolved().to_dict()
+        groups.setdefault(tuple(str(resolved[f]) for f in STEP_FIELDS), []).append(config.resolved())
+    threads = torch.get_num_threads()
+    networks = []
+    try:
+        for runs in groups.values():
+            first = runs[0]
+            device = resolve_device(first.device)
+            torch.set_num_threads(threads)
+            alone = calibrate(first, device)
+            torch.set_num_threads(max(1, threads // workers))
+            shared = calibrate(first, device) if workers > 1 else alone
+            torch.set_num_threads(threads)
+            packed = calibrate_pack(first, device, pack) if pack > 1 and device.type == "cuda" else None
+            if pack > 1 and device.type != "cuda":
+                packed = alone  # a CPU pack trains its members one after another (pack.py's loop strategy)
+            epochs = [expected_epochs(c) for c in runs]
+            sources = sorted({source for _, source in epochs})
+            mean_epochs = sum(e for e, _ in epochs) / len(epochs)
+            networks.append(NetworkEstimate(
+                first, len(runs), mean_epochs, "/".join(sources), alone,
+                run_seconds=sum(run_seconds(c, alone, e) for c, (e, _) in zip(runs, epochs)) / len(runs),
+                run_seconds_shared=sum(run_seconds(c, shared, e) for c, (e, _) in zip(runs, epochs)) / len(runs),
+                run_seconds_packed=(None if packed is None else
+                                    sum(run_seconds(c, packed, e) for c, (e, _) in zip(runs, epochs)) / len(runs))))
+    finally:
+        torch.set_num_threads(threads)
+    device = str(resolve_device(configs[0].resolved().device)) if configs else "cpu"
+    return SweepEstimate(networks, workers, pack, device, threads)
+
+
+def expected_epochs(config: TrainConfig) -> tuple[float, str]:
+    """Table 1's mean epochs for this run's row, capped at max_epochs; else max_epochs. With where it came from."""
+    record = RunRecord(Path(), config.resolved(), None)
+    key = row_key(record, list(TABLE1_FIELDS))
+    for paper in paper_table():
+        p = paper.key
+        if ((p.dataset, p.rule, p.arch, p.hidden_units) == (key.dataset, key.rule, key.arch, key.hidden_units)
+                and math.isclose(p.lr, key.lr) and paper.epochs.mean is not None):
+            if paper.epochs.mean <= config.max_epochs:
+                return paper.epochs.mean, "paper"
+            break
+    return float(config.max_epochs), "max_epochs"
+
+
+def run_seconds(config: TrainConfig, cost: Cost, epochs: float) -> float:
+    """One run's expected seconds: every epoch trains on its batches and evaluates validation and test sets."""
+    n_train_all, n_test, _ = DATASET_SIZES[config.dataset]
+    n_train = config.train_size or (n_train_all - config.val_size)
+    per_epoch = math.ceil(n_train / config.batch_size) * cost.step + (config.val_size + n_test) * cost.eval_image
+    return epochs * per_epoch
+
+
+def fake_splits(config: TrainConfig, n: int, device: torch.device, seed: int = 0) -> Splits:
+    """Random uint8 images and labels of the config's dataset shape, n of each split, on `device`."""
+    _, _, classes = DATASET_SIZES[config.dataset]
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, *IMAGE_SHAPES[dataset_family(config.dataset)]), generator=g,
+                           dtype=torch.uint8).to(device)
+    labels = torch.randint(0, classes, (n,), generator=g).to(device)
+    return Splits(images, labels, images, labels, images, labels, num_classes=classes)
+
+
+def calibrate(config: TrainConfig, device: torch.device) -> Cost:
+    """Time a training step and the evaluation of one image for `config`'s network on `device`."""
+    n = max(config.batch_size, EVAL_IMAGES)
+    trainer = Trainer(config, fake_splits(config, n, device), device)
+    x, y = to_float(trainer.splits.train_x[:config.batch_size]), trainer.splits.train_y[:config.batch_size]
+    trainer.net.train()
+    step = _seconds_per_call(lambda: trainer.step(x, y), device)
+    images, labels = trainer.splits.test_x[:EVAL_IMAGES], trainer.splits.test_y[:EVAL_IMAGES]
+    evaluate = _seconds_per_call(lambda: trainer.accuracy(images, labels), device)
+    return Cost(step, evaluate / EVAL_IMAGES)
+
+
+def calibrate_pack(config: TrainConfig, device: torch.device, k: int) -> Cost:
+    """Per-member cost in a vmapped pack of k (qagrel_cli/pack.py's CUDA strategy)."""
+    from qagrel_cli.pack import Member, VmapPack
+
+    n = max(config.batch_size, EVAL_IMAGES)
+    members = [Member(s, dataclasses.replace(config, seed=s), Path("."),
+                      Trainer(dataclasses.replace(config, seed=s), fake_splits(config, n, device, s), device),
+                      RunState()) for s in range(k)]
+    pack = VmapPack(members)
+    x = to_float(pack.train_x[:, :config.batch_size])
+    y = pack.train_y[:, :config.batch_size]
+    step = _seconds_per_call(lambda: pack.step(x, y), device)
+    evaluate = _seconds_per_call(pack.evaluate, device)  # validation and test: 2 n images per member
+    return Cost(step / k, evaluate / (2 * n * k))
+
+
+def _seconds_per_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds per call after a warm-up: the best of TIMING_ROUNDS rounds (shared machines are noisy),
+    each as many calls as fill ROUND_SECONDS."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(WARMUP_CALLS):
+        fn()
+    sync()
+    best = math.inf
+    for _ in range(TIMING_ROUNDS):
+        calls, start = 0, time.perf_counter()
+        while calls < 1 or time.perf_counter() - start < ROUND_SECONDS:
+            fn()
+            calls += 1
+        sync()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the unit a reader plans in: s, min, h, days, weeks."""
+    for unit, size in (("weeks", 7 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 1.5 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def print_estimate(estimate: SweepEstimate, console: Console) -> None:
+    """A row per network (runs, epochs and where they came from, step and epoch times, total) and the totals."""
+    table = Table(title=f"expected compute time on this machine ({estimate.device}, {estimate.threads} threads)")
+    for header in ("Dataset", "1st layer", "fc", "Rule", "Runs", "Epochs/run", "Step", "Epoch", "Run", "All runs"):
+        table.add_column(header, justify="right" if header not in ("Dataset", "1st layer", "Rule") else "left")
+    for n in estimate.networks:
+        c = n.config
+        epoch = n.run_seconds / n.epochs if n.epochs else 0.0
+        table.add_row(DATASET_NAMES.get(c.dataset.value, c.dataset.value), ARCH_NAMES.get(c.arch.value, c.arch.value),
+                      ",".join(map(str, c.fc)), RULE_NAMES.get(c.rule.value, c.rule.value), str(n.runs),
+                      f"{n.epochs:.0f} ({n.epochs_source})", f"{1000 * n.cost.step:.1f} ms",
+                      format_duration(epoch), format_duration(n.run_seconds), format_duration(n.runs * n.run_seconds))
+    table.add_section()
+    table.add_row("total", "", "", "", str(sum(n.runs for n in estimate.networks)), "", "", "", "",
+                  format_duration(estimate.sequential))
+    console.print(table)
+    choices = Table(title="the whole sweep", show_header=True)
+    choices.add_column("executor")
+    choices.add_column("compute time", justify="right")
+    choices.add_row("local, 1 worker (all cores to one run)", format_duration(estimate.sequential))
+    if estimate.workers > 1:
+        choices.add_row(f"local, --workers {estimate.workers} (timed with {max(1, estimate.threads // estimate.workers)}"
+                        " thread(s) per run)", format_duration(estimate.parallel))
+    if estimate.packed is not None:
+        how = "vmapped, timed" if estimate.device.startswith("cuda") else "on a CPU members run one after another"
+        choices.add_row(f"pack {estimate.pack}, 1 worker ({how})", format_duration(estimate.packed))
+    best = estimate.parallel if estimate.workers > 1 else estimate.sequential
+    choices.add_row("--executor ray on M machines like this one", f"{format_duration(best)} / M")
+    console.print(choices)
+    console.print("Epochs/run: the paper's mean epochs for the matching Table 1 row (paper), else max_epochs "
+                  "(an upper bound: early stopping ends most runs sooner).", highlight=False)
+
+
+__all__ = ["estimate_sweep", "print_estimate", "SweepEstimate", "NetworkEstimate", "Cost", "calibrate",
+           "calibrate_pack", "expected_epochs", "run_seconds", "format_duration", "fake_splits"]
