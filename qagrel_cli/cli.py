@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +12,9 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from qagrel_cli.config import Arch, Dataset, Feedback, Optimizer, QagrelError, Rule, TrainConfig
+# Option choices only: these modules load torch and matplotlib lazily, when a command runs.
+from qagrel_cli.plot import AfterStop, Metric, PlotFormat
+from qagrel_cli.table import AccuracyAt, Compare, EpochsAt, TableFormat
 
 # typer re-exports only BadParameter; its base is click's UsageError (vendored or not).
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -149,16 +153,12 @@ def train(
                    "The log up to then is kept.", 1)
 
 
-# --- sweep, status, table commands go here ---
-from qagrel_cli.table import AccuracyAt, Compare, EpochsAt, TableFormat  # noqa: E402  (torch loads only when used)
+# --- sweep, status, table
 
 SWEEP_PANEL = "Sweep"
 TABLE_PANEL = "Table"
 ResultsOption = Annotated[Path, typer.Option(
     "--results", help="Results root: runs go to <results>/<sweep name>/<run id>/.", rich_help_panel=SWEEP_PANEL)]
-
-
-from enum import Enum  # noqa: E402
 
 
 class Executor(str, Enum):
@@ -282,8 +282,7 @@ def table(
         sys.stdout.write(render(result, fmt))
 
 
-# --- plot command goes here ---
-from qagrel_cli.plot import AfterStop, Metric, PlotFormat  # noqa: E402  (matplotlib loads only when plotting)
+# --- plot
 
 FIGURE3_PANEL = "Figure 3 (a folder of runs)"
 
