@@ -80,16 +80,16 @@ def qagrel_weight_changes(net: QNetwork, activities: list[torch.Tensor], action:
     changes: list[torch.Tensor] = [torch.empty(0)] * num_layers
     for n in reversed(range(num_layers)):
         layer, pre = net.layers[n], activities[n]
-        # Activity of the postsynaptic feedback units, g * fb (the output layer is linear: g = 1).
+        # Activity of the postsynaptic feedback units, g * fb (eqs. 7, 9; the output layer is linear: g = 1).
         post = fb if n == num_layers - 1 else net.gated_feedback(n, activities[n + 1], fb)
-        # Four factors: alpha * delta * pre * (g * fb), summed over the batch. The product is
-        # bilinear, so delta may scale either side: it scales the smaller one (one pass fewer).
+        # Four factors, eqs. (1), (6), (7), (9), (11): alpha * delta * pre * (g * fb), summed over the
+        # batch. The product is bilinear, so delta may scale either side: it scales the smaller one.
         if pre.numel() <= post.numel():
             changes[n] = layer.synapse_product(_per_trial(rpe, pre) * pre, post)
         else:
             changes[n] = layer.synapse_product(pre, _per_trial(rpe, post) * post)
         if n > 0:
-            fb = layer.feedback(post, pre.shape)  # through W' (not W) to the layer below
+            fb = layer.feedback(post, pre.shape)  # eqs. (8), (10), (12): through W' (not W) to the layer below
     return changes
 
 
