@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from qagrel_cli import engine
 from qagrel_cli.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-# The MNIST files ship beside the checkout (../shared/data), in torchvision's layout.
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Real MNIST in torchvision's layout: $QAGREL_DATA when set, else ../shared/data beside the checkout.
+SHARED_DATA = Path(os.environ.get("QAGREL_DATA") or REPO.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

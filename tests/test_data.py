@@ -17,8 +17,7 @@ from qagrel_cli import data
 from qagrel_cli.config import Dataset, QagrelError
 from qagrel_cli.data import RawData, default_data_dir, load_dataset, make_splits
 
-# CI clones the repository beside ../shared, which holds the real MNIST files.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import SHARED_DATA
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 

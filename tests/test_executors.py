@@ -25,7 +25,9 @@ from qagrel_cli.engine import train
 from qagrel_cli.jobs import make_jobs
 from qagrel_cli.sweep import SweepOutcome, load_sweep, run_sweep, try_lock
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA
+
+DATA = SHARED_DATA
 # device cpu: a pack then trains its members one after another (pack.py's loop strategy), which is
 # bitwise what the runs alone do; a CUDA pack is vmapped and agrees only to rtol 1e-5 (test_pack.py).
 TINY = {"dataset": "mnist", "arch": "fc", "fc": "16", "rule": ["qagrel", "bp"], "train_size": 300,
