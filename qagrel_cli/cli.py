@@ -324,10 +324,3 @@ def plot(
         console.print(f"note: {note}", highlight=False)
     Console().print(f"wrote {result.figure}\nwrote {result.csv}", highlight=False, soft_wrap=True)
 
-
-def main() -> None:  # pragma: no cover - console-script shim
-    app(prog_name="qagrel")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
