@@ -39,7 +39,7 @@ class QNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
                 noise: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Q-values (or logits) and every layer's input activity.
+        """Eqs. (2)-(4): Q-values (or logits) and every layer's input activity.
 
         In training mode a node is dropped when its uniform draw is below the
         layer's dropout rate. The draws come from `generator` as each layer is
