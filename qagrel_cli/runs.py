@@ -82,8 +82,13 @@ def write_log(run_dir: Path, log: pd.DataFrame) -> None:
 
 def read_log(run_dir: Path) -> pd.DataFrame:
     """The epoch log (empty DataFrame when no epoch finished yet)."""
-    path = run_dir / LOG_FILE
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=list(LOG_COLUMNS))
+    try:
+        # One open handle pins one inode: pyarrow given a path stats it and reopens
+        # it, and a writer's rename in between hands it a torn file.
+        with open(run_dir / LOG_FILE, "rb") as fh:
+            return pd.read_parquet(fh)
+    except FileNotFoundError:
+        return pd.DataFrame(columns=list(LOG_COLUMNS))
 
 
 def is_run_dir(path: Path) -> bool:

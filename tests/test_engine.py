@@ -138,8 +138,7 @@ def test_a_run_killed_after_epoch_k_and_restarted_gives_the_uninterrupted_log(mn
     killed = run_cli([*args, "--out", str(tmp_path / "killed")])
     deadline = time.time() + 120
     while time.time() < deadline:
-        log_path = tmp_path / "killed" / runs.LOG_FILE
-        if log_path.exists() and len(pd.read_parquet(log_path)) >= 2:
+        if len(runs.read_log(tmp_path / "killed")) >= 2:
             break
         time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)

@@ -1,0 +1,33 @@
+"""The run folder: files written by one process are read whole by another."""
+import threading
+from pathlib import Path
+
+import pandas as pd
+
+from qagrel_cli import runs
+
+
+def test_a_log_read_while_it_is_being_rewritten_is_always_whole(tmp_path: Path):
+    # A sweep's status/table reads logs that training processes keep replacing; a
+    # reader must see the old file or the new one, never a mix of the two.
+    runs.write_log(tmp_path, pd.DataFrame({"epoch": [1]}))
+    stop = threading.Event()
+
+    def keep_rewriting() -> None:
+        n = 1
+        while not stop.is_set():
+            n = n % 50 + 1
+            runs.write_log(tmp_path, pd.DataFrame({"epoch": range(1, n + 1), "val_acc": [0.5] * n}))
+
+    writer = threading.Thread(target=keep_rewriting)
+    writer.start()
+    try:
+        lengths = {len(runs.read_log(tmp_path)) for _ in range(400)}
+    finally:
+        stop.set()
+        writer.join()
+    assert len(lengths) > 1, "the writer must have replaced the file while it was being read"
+
+
+def test_a_run_folder_without_a_log_reads_as_an_empty_log(tmp_path: Path):
+    assert runs.read_log(tmp_path).empty
