@@ -72,30 +72,28 @@ def qagrel_weight_changes(net: QNetwork, activities: list[torch.Tensor], action:
     is gated by its feedforward unit (g) and passes its activity down through
     W' (eqs. 8, 10, 12). Every synapse multiplies the four factors:
     RPE (delta) x presynaptic activity (pre) x postsynaptic gate (g) x feedback (fb).
+
+    delta is one number per trial, and each layer's change is linear in the
+    feedback arriving from above, so alpha * delta / B scales the feedback once,
+    at its source z, instead of every synapse: the `fb` below is the paper's
+    feedback times alpha * delta / B, and `pre x (g * fb)` is the whole product.
     """
     num_layers = len(net.layers)
-    z = F.one_hot(action, net.layers[-1].weight.shape[0]).to(delta.dtype)
-    fb = z  # feedback arriving at the output nodes: only the winner s is active
+    z = F.one_hot(action, net.layers[-1].weight.shape[0]).to(delta.dtype)  # only the winner s is active
     rpe = (lr / delta.shape[0]) * delta  # alpha * delta, averaged over the trials of the batch
+    fb = rpe[:, None] * z  # feedback arriving at the output nodes, carrying the RPE factor
     changes: list[torch.Tensor] = [torch.empty(0)] * num_layers
     for n in reversed(range(num_layers)):
         layer, pre = net.layers[n], activities[n]
         # Activity of the postsynaptic feedback units, g * fb (eqs. 7, 9; the output layer is linear: g = 1).
         post = fb if n == num_layers - 1 else net.gated_feedback(n, activities[n + 1], fb)
-        # Four factors, eqs. (1), (6), (7), (9), (11): alpha * delta * pre * (g * fb), summed over the
-        # batch. The product is bilinear, so delta may scale either side: it scales the smaller one.
-        if pre.numel() <= post.numel():
-            changes[n] = layer.synapse_product(_per_trial(rpe, pre) * pre, post)
-        else:
-            changes[n] = layer.synapse_product(pre, _per_trial(rpe, post) * post)
+        # Four factors, eqs. (1), (6), (7), (9), (11): (alpha * delta) * pre * (g * fb), summed over the batch;
+        # below the first layer, also the feedback through W' (not W) to the layer below, eqs. (8), (10), (12).
         if n > 0:
-            fb = layer.feedback(post, pre.shape)  # eqs. (8), (10), (12): through W' (not W) to the layer below
+            changes[n], fb = layer.synapse_product_and_feedback(pre, post)
+        else:
+            changes[n] = layer.synapse_product(pre, post)
     return changes
-
-
-def _per_trial(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Shape a per-trial vector (B,) to broadcast over a batch of activity maps like `like`."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 @torch.no_grad()
