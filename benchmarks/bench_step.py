@@ -1,6 +1,6 @@
 """Time one training step of qagrel's engine against a plain PyTorch step of the same network.
 
-    python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--seconds 3] [--rounds 5]
+    python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--steps 150]
 
 For conv and loccon on MNIST-sized (1x28x28) and CIFAR-sized (3x32x32) input,
 it measures, side by side in one process:
@@ -8,20 +8,22 @@ it measures, side by side in one process:
   qagrel   : qagrel_cli.rules.qagrel_step (forward, selection, RPE, feedback, update)
   bp       : qagrel_cli.rules.bp_step (the engine's BP on its own layers)
 and prints ratios: qagrel / plain-bp (target <= 1.1) and loccon / conv (target <= 3).
-Times are medians over interleaved rounds of torch.utils.benchmark's blocked_autorange
-(CUDA-synchronised).
+Each time is the median over `--steps` single steps, the contenders taking
+turns step by step (a, b, c, a, b, c, ...): on a shared machine, load that
+drifts over seconds then lands on all of them alike. Each step is timed
+between CUDA synchronisations.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils import benchmark
 
 from qagrel_cli.config import Arch
 from qagrel_cli.layers import LocallyConnected2d
@@ -42,20 +44,23 @@ def plain_sequential(arch: Arch, shape: tuple[int, int, int], classes: int) -> n
                          nn.ReLU(), nn.Dropout(LAST_HIDDEN_DROPOUT), nn.Linear(500, classes, bias=False))
 
 
-def time_steps(fns: dict[str, Callable[[], object]], seconds: float, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, measured in interleaved rounds.
+def time_steps(fns: dict[str, Callable[[], object]], steps: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, the functions taking turns call by call."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    Interleaving (a, b, c, a, b, c, ...) keeps a shared machine's drifting load
-    from landing on one contender only; the median over rounds drops outliers.
-    """
     for fn in fns.values():  # warm-up: allocator, kernels, lazy init
         for _ in range(3):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
+    for _ in range(steps):
         for name, fn in fns.items():
-            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
-            samples[name].append(timer.blocked_autorange(min_run_time=seconds / rounds).median)
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -63,8 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per contender and case")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median is reported)")
+    parser.add_argument("--steps", type=int, default=150, help="timed steps per contender and case (median)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
@@ -94,7 +98,7 @@ def main() -> None:
                 "plain": plain_step,
                 "bp": lambda: bp_step(net, opt, x, y, gen),
                 "qagrel": lambda: qagrel_step(net, x, y, 1.0, 0.02, gen),
-            }, args.seconds, args.rounds)
+            }, args.steps, device)
             per_arch[(data, arch.value)] = times["qagrel"]
             print(f"{data:6} {arch.value:7} {1e3 * times['plain']:11.2f} {1e3 * times['bp']:8.2f} "
                   f"{1e3 * times['qagrel']:10.2f} {times['qagrel'] / times['plain']:12.2f}x")
