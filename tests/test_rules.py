@@ -101,6 +101,27 @@ def test_qagrel_update_equals_gradient_of_selected_unit_error_when_feedback_is_r
             torch.testing.assert_close(change, -ALPHA * grad, atol=1e-7, rtol=1e-4)
 
 
+def test_weight_changes_do_not_depend_on_whether_autograd_records_the_forward_pass():
+    # Training runs the forward under no_grad, where ReLUs work in place and the locally connected
+    # layer keeps its patches for the synapse product; the gradient test above records a graph.
+    for arch in (Arch.conv, Arch.loccon, Arch.fc):
+        net = build_network(arch, (12, 8), (2, 9, 9), 4)
+        net.reset_weights(0.3, True, torch.Generator().manual_seed(3))
+        net.train()
+        x = torch.rand(6, 2, 9, 9)
+        labels = torch.randint(0, 4, (6,), generator=torch.Generator().manual_seed(9))
+        results = []
+        for grad_enabled in (True, False):
+            with torch.set_grad_enabled(grad_enabled):
+                q, activities = net(x, torch.Generator().manual_seed(5))
+            q, activities = q.detach(), [a.detach() if grad_enabled else a for a in activities]
+            action = select_action(q, 0.5, torch.Generator().manual_seed(7))
+            _, delta = reward_prediction_error(q, action, labels)
+            results.append(qagrel_weight_changes(net, activities, action, delta, ALPHA))
+        for recorded, training_path in zip(*results):
+            torch.testing.assert_close(training_path, recorded, atol=1e-7, rtol=1e-5)
+
+
 def silent_unit_net():
     """3 hidden layers; hidden-2 unit 0 gets only negative input from non-negative activity: silent."""
     net = small_fc_net(hidden=(6, 5, 4), symmetric=False, seed=4)
