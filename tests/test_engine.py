@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from qagrel_cli import runs
 from qagrel_cli.config import QagrelError, TrainConfig
-from qagrel_cli.engine import train
+from qagrel_cli.data import RawData, make_splits
+from qagrel_cli.engine import Trainer, train
 
 from conftest import REPO
 
@@ -152,3 +154,21 @@ def test_a_run_killed_after_epoch_k_and_restarted_gives_the_uninterrupted_log(mn
     pd.testing.assert_frame_equal(runs.read_log(tmp_path / "killed")[DETERMINISTIC],
                                   runs.read_log(tmp_path / "full")[DETERMINISTIC], check_exact=True)
     assert json.loads((tmp_path / "killed" / runs.SUMMARY_FILE).read_text())["stop_epoch"] == 20
+
+
+@pytest.mark.parametrize("rule", ["qagrel", "bp"])
+def test_an_epoch_reads_nothing_back_from_the_device_between_batches(rule, monkeypatch):
+    # On a GPU every read-back (.item(), float(t), `if t:`, .tolist(), .cpu()) waits for the device;
+    # the batch loop must make none, so metrics stay device tensors until the epoch ends.
+    raw = RawData(torch.randint(0, 256, (1300, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (1300,)),
+                  torch.zeros(10, 1, 28, 28, dtype=torch.uint8), torch.zeros(10, dtype=torch.int64), num_classes=10)
+    trainer = Trainer(tiny(rule=rule, arch="conv", fc="16"), make_splits(raw, seed=0), torch.device("cpu"))
+
+    def read_back(*_args, **_kwargs):
+        raise AssertionError("a device tensor was read back inside the batch loop")
+
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, read_back)
+    rewarded, loss = trainer.run_epoch()
+    monkeypatch.undo()
+    assert trainer.batches_per_epoch == 3 and 0 <= float(rewarded) <= 300 and float(loss) > 0
