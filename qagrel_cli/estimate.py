@@ -47,9 +47,10 @@ DATASET_SIZES: dict[Dataset, tuple[int, int, int]] = {
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 # The settings that decide what one step costs; runs that share them share a calibration.
 STEP_FIELDS = ("dataset", "arch", "fc", "rule", "optimizer", "batch_size", "device")
-# Timing: one warm-up call (lazy allocations, kernel selection), then the best of a few rounds of at
-# least ROUND_SECONDS each. A slow network's step takes longer than a round: then a round is one call.
-WARMUP_CALLS = 1
+# Timing: a few warm-up calls (lazy allocations, kernel selection, the first touch of fresh memory), then
+# the best of a few rounds of at least ROUND_SECONDS each. A slow network's step takes longer than a
+# round: then a round is one call.
+WARMUP_CALLS = 3
 TIMING_ROUNDS = 3
 ROUND_SECONDS = 0.1
 EVAL_IMAGES = min(EVAL_BATCH, 200)  # per-image evaluation cost is flat from a few hundred images up
