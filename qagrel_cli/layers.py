@@ -9,7 +9,7 @@ feedback down. `feedback_weight` has the same shape and index order as
 node p, the reciprocal partner of the feedforward synapse w_{p,m}. Strict
 reciprocity (the paper's setting) is therefore `feedback_weight == weight`.
 
-Every layer offers the three operations the learning rules need:
+Every layer offers the operations the learning rules need:
   forward(pre)              a = W . pre           (eqs. 2-4; differentiable, for BP)
   feedback(post, shape)     W'-weighted sum of the feedback arriving at the
                             layer's output nodes, delivered to its input nodes
