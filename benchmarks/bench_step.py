@@ -1,6 +1,6 @@
 """Time one training step of qagrel's engine against a plain PyTorch step of the same network.
 
-    python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--steps 150]
+    python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--steps 150] [--malloc keep|default]
 
 For conv and loccon on MNIST-sized (1x28x28) and CIFAR-sized (3x32x32) input,
 it measures, side by side in one process:
@@ -8,6 +8,9 @@ it measures, side by side in one process:
   qagrel   : qagrel_cli.rules.qagrel_step (forward, selection, RPE, feedback, update)
   bp       : qagrel_cli.rules.bp_step (the engine's BP on its own layers)
 and prints ratios: qagrel / plain-bp (target <= 1.1) and loccon / conv (target <= 3).
+On a CPU, malloc keeps freed memory for reuse, as `qagrel train` sets it
+(qagrel_cli/allocator.py; it applies to the whole process, so to all three
+contenders); `--malloc default` measures glibc's default instead.
 Each time is the median over `--steps` single steps, the contenders taking
 turns step by step (a, b, c, a, b, c, ...): on a shared machine, load that
 drifts over seconds then lands on all of them alike. Each step is timed
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qagrel_cli.allocator import keep_freed_memory
 from qagrel_cli.config import Arch
 from qagrel_cli.layers import LocallyConnected2d
 from qagrel_cli.models import CONV_DROPOUT, LAST_HIDDEN_DROPOUT, build_network
@@ -69,10 +73,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--steps", type=int, default=150, help="timed steps per contender and case (median)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: freed CPU memory is kept for reuse, as `qagrel train` runs; default: glibc's")
     args = parser.parse_args()
+    malloc = "default"
+    if args.malloc == "keep" and keep_freed_memory():
+        malloc = "keeps freed memory"
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}")
+    print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; malloc: {malloc}")
     print(f"{'input':6} {'arch':7} {'plain-bp ms':>11} {'bp ms':>8} {'qagrel ms':>10} {'qagrel/plain':>13}")
     per_arch: dict[tuple[str, str], float] = {}
     for data, shape in SHAPES.items():

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import qagrel_cli
 from qagrel_cli import runs
+from qagrel_cli.allocator import keep_freed_memory
 from qagrel_cli.config import Feedback, Optimizer, QagrelError, Rule, TrainConfig
 from qagrel_cli.data import RawData, Splits, default_data_dir, load_dataset, make_splits
 from qagrel_cli.models import QNetwork, build_network
@@ -84,6 +85,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, splits: Splits, device: torch.device) -> None:
         self.config = config = config.resolved()
         self.splits, self.device = splits, device
+        if device.type == "cpu":
+            keep_freed_memory()  # process-wide: every step reuses the last step's memory (allocator.py)
         self.net: QNetwork = build_network(config.arch, config.fc, splits.input_shape, splits.num_classes)
         self.net.reset_weights(config.init_range, config.feedback == Feedback.symmetric,
                                torch.Generator().manual_seed(stream_seed(config.seed, "init")))
