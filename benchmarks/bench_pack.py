@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
+from qagrel_cli.allocator import keep_freed_memory
 from qagrel_cli.config import TrainConfig
 from qagrel_cli.data import Splits
 from qagrel_cli.engine import RunState, Trainer
@@ -104,9 +105,11 @@ def main() -> None:
     auto = "vmap" if device.type == "cuda" else "loop"
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    # As `qagrel train` runs on a CPU (the Trainers below would set it anyway): see qagrel_cli/allocator.py.
+    malloc = "keeps freed memory" if device.type == "cpu" and keep_freed_memory() else "default"
     ceiling = matmul_gflops(device, args.min_seconds)
     print(f"device: {name}; torch {torch.__version__}; {args.data} {shape}; batch {args.batch_size}; "
-          f"pack strategy here (auto): {auto}")
+          f"malloc: {malloc}; pack strategy here (auto): {auto}")
     print(f"ceiling: float32 matmul {ceiling:.0f} GFLOP/s")
     header = (f"{'arch':7} {'rule':6} {'K':>3} {'seq ms':>9} {'vmap ms':>9} {'seq smp/s':>10} {'vmap smp/s':>11} "
               f"{'vmap/seq':>9} {'pack/seq':>9} {'GFLOP/s':>8} {'of ceil':>8}")
