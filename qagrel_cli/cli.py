@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from qagrel_cli.config import Arch, Dataset, Feedback, Optimizer, QagrelError, Rule, TrainConfig
+from qagrel_cli.config import Arch, Dataset, Feedback, Init, InputScaling, Optimizer, QagrelError, Rule, TrainConfig
 # Option choices only: these modules load torch and matplotlib lazily, when a command runs.
 from qagrel_cli.plot import AfterStop, Metric, PlotFormat
 from qagrel_cli.table import AccuracyAt, Compare, EpochsAt, TableFormat
@@ -59,6 +59,7 @@ DATA_PANEL = "Data"
 RULE_PANEL = "Learning rule"
 ARCH_PANEL = "Architecture"
 RUN_PANEL = "Run"
+PROTOCOL_PANEL = "Protocol choices the paper leaves open (docs/reproduction.md)"
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -96,16 +97,24 @@ def train(
     lr: Annotated[Optional[float], typer.Option(
         help="Learning rate alpha. Default: Table 1's value for this rule, architecture and dataset.",
         rich_help_panel=RULE_PANEL, show_default=False)] = None,
-    optimizer: Annotated[Optimizer, typer.Option(help="BP only: plain SGD (the paper) or Adam.",
-                                                 rich_help_panel=RULE_PANEL)] = Optimizer.sgd,
+    optimizer: Annotated[Optimizer, typer.Option(help="BP only: plain SGD (the literal reading) or Adam.",
+                                                 rich_help_panel=PROTOCOL_PANEL)] = Optimizer.sgd,
     epsilon: Annotated[float, typer.Option(help="Q-AGREL exploration: probability of a Boltzmann draw instead "
                                            "of the argmax.", rich_help_panel=RULE_PANEL)] = 0.02,
     feedback: Annotated[Feedback, typer.Option(help="Q-AGREL feedback weights W': symmetric (W' = W at start, "
-                                               "the paper) or random (drawn independently).",
+                                               "the paper), random (drawn apart from W, then changed as W is) or "
+                                               "fixed (drawn apart from W, never changed).",
                                                rich_help_panel=RULE_PANEL)] = Feedback.symmetric,
+    init: Annotated[Init, typer.Option(help="Initial weights: uniform in [-r, r] (the paper; r is --init-range) "
+                                       "or he (uniform in ±sqrt(6 / fan-in) per layer).",
+                                       rich_help_panel=PROTOCOL_PANEL)] = Init.uniform,
     init_range: Annotated[Optional[float], typer.Option(
-        help="Weights start uniform in [-r, r]. Default: 0.02 (conv/loccon), 0.05 (fc).",
-        rich_help_panel=ARCH_PANEL, show_default=False)] = None,
+        help="With --init uniform: weights start in [-r, r]. Default: 0.02 (conv/loccon), 0.05 (fc).",
+        rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
+    input_scaling: Annotated[InputScaling, typer.Option(
+        help="Network input: unit (pixels / 255, in [0, 1]: the literal reading) or standardize (then "
+        "per-channel mean 0, SD 1 over the run's training split).", rich_help_panel=PROTOCOL_PANEL)
+    ] = InputScaling.unit,
     batch_size: Annotated[int, typer.Option(help="Trials per weight update (1 = per-trial learning).",
                                             rich_help_panel=RUN_PANEL)] = 100,
     max_epochs: Annotated[int, typer.Option(help="Stop after this many epochs at most.",
@@ -132,7 +141,8 @@ def train(
 
     try:
         config = TrainConfig(dataset=dataset, arch=arch, rule=rule, fc=fc, seed=seed, lr=lr, optimizer=optimizer,
-                             epsilon=epsilon, feedback=feedback, init_range=init_range, batch_size=batch_size,
+                             epsilon=epsilon, feedback=feedback, init=init, init_range=init_range,
+                             input_scaling=input_scaling, batch_size=batch_size,
                              max_epochs=max_epochs, patience=patience, train_size=train_size, device=device)
         if seeds is not None:
             summaries = train_pack(config, parse_seeds(seeds), out, data_dir=data_dir, download=download,

@@ -43,8 +43,21 @@ class Optimizer(str, Enum):
 
 
 class Feedback(str, Enum):
-    symmetric = "symmetric"  # W' starts equal to W (the paper's strict reciprocity)
-    random = "random"  # W' drawn independently, from the same distribution as W
+    symmetric = "symmetric"  # W' starts equal to W and changes as W does (the paper's strict reciprocity)
+    random = "random"  # W' drawn independently, from the same distribution as W; then changes as W does
+    fixed = "fixed"  # W' drawn independently and never changed (as in feedback alignment)
+
+
+# The protocol choices the paper leaves open (docs/reproduction.md). The first value of each is the
+# literal reading and the default.
+class InputScaling(str, Enum):
+    unit = "unit"  # pixels / 255, in [0, 1]
+    standardize = "standardize"  # then per channel (x - mean) / SD, over the run's training split
+
+
+class Init(str, Enum):
+    uniform = "uniform"  # W ~ U[-r, r] with r = init_range (section 3: 0.02, fc 0.05)
+    he = "he"  # He-uniform: W ~ U[-b, b], b = sqrt(6 / fan_in): the usual scale for ReLU networks
 
 
 # Table 1's learning rates (alpha): (rule, arch, dataset family) -> lr.
@@ -65,6 +78,9 @@ DEFAULT_FC: dict[Arch, tuple[int, ...]] = {
 
 # Fields that change how a run is executed but not what it computes.
 _NOT_IDENTITY = frozenset({"device"})
+# Fields added after runs were recorded: they enter the run id only when they differ from their
+# default, so every run id recorded before them stays valid.
+_IDENTITY_WHEN_NOT_DEFAULT = ("input_scaling", "init")
 
 
 def dataset_family(dataset: Dataset) -> str:
@@ -117,7 +133,9 @@ class TrainConfig:
     optimizer: Optimizer = Optimizer.sgd
     epsilon: float = 0.02
     feedback: Feedback = Feedback.symmetric
+    init: Init = Init.uniform
     init_range: float | None = None
+    input_scaling: InputScaling = InputScaling.unit
     batch_size: int = 100
     max_epochs: int = 500
     patience: int = 20
@@ -127,7 +145,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, enum in (("dataset", Dataset), ("arch", Arch), ("rule", Rule),
-                           ("optimizer", Optimizer), ("feedback", Feedback)):
+                           ("optimizer", Optimizer), ("feedback", Feedback), ("init", Init),
+                           ("input_scaling", InputScaling)):
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, enum(value))
@@ -153,12 +172,15 @@ class TrainConfig:
             raise QagrelError(f"device must be a string like auto, cpu or cuda:0, got {self.device!r}")
 
     def resolved(self) -> "TrainConfig":
-        """Fill every paper default (fc sizes, learning rate, init range)."""
+        """Fill every paper default (fc sizes, learning rate, init range; He init has no range)."""
+        init_range = self.init_range
+        if init_range is None and self.init == Init.uniform:
+            init_range = 0.05 if self.arch == Arch.fc else 0.02
         return dataclasses.replace(
             self,
             fc=self.fc if self.fc is not None else DEFAULT_FC[self.arch],
             lr=self.lr if self.lr is not None else paper_lr(self.rule, self.arch, self.dataset),
-            init_range=self.init_range if self.init_range is not None else (0.05 if self.arch == Arch.fc else 0.02),
+            init_range=init_range,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +214,9 @@ class TrainConfig:
         """Readable, stable id: e.g. 'mnist-conv-500-qagrel-s3-1a2b3c4d'."""
         cfg = self.resolved()
         identity = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
+        for name in _IDENTITY_WHEN_NOT_DEFAULT:
+            if identity[name] == _DEFAULTS[name]:
+                del identity[name]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
         return f"{cfg.dataset.value}-{cfg.arch.value}-{cfg.fc_label}-{cfg.rule.value}-s{cfg.seed}-{digest}"
 
@@ -207,5 +232,6 @@ def _check_positive_float(name: str, value: Any) -> None:
 
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
-__all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback",
+_DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
+__all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
            "CONFIG_FIELDS", "paper_lr", "parse_fc", "dataset_family", "DEFAULT_FC"]

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from qagrel_cli.config import Dataset, QagrelError
+from qagrel_cli.config import Dataset, InputScaling, QagrelError
 
 # Where the Debian package `dataset-fashion-mnist` puts the four gzipped IDX
 # files. A module constant so tests can point it elsewhere.
@@ -83,6 +83,48 @@ class Splits:
         """The shape of one image, (C, H, W)."""
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
+
+
+@dataclass(frozen=True)
+class PixelScaling:
+    """uint8 images -> the network's float input: x / 255, then, when fitted, (x - mean) / SD per channel.
+
+    `mean` and `sd` are (..., C, 1, 1) on the data's device; leading dimensions
+    (a seed pack's members) give each member its own statistics.
+    """
+
+    mean: torch.Tensor | None = None
+    sd: torch.Tensor | None = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255.0)
+        if self.mean is None:
+            return x
+        # Out of place: a pack's shared test images broadcast against every member's statistics.
+        return (x - self.mean) / self.sd
+
+    @classmethod
+    def fit(cls, scaling: InputScaling, train_x: torch.Tensor) -> "PixelScaling":
+        """The scaling `scaling` names, with statistics of the training images `train_x` (N, C, H, W)."""
+        if InputScaling(scaling) == InputScaling.unit:
+            return cls()
+        total = torch.zeros(train_x.shape[1], dtype=torch.float64, device=train_x.device)
+        squares = torch.zeros_like(total)
+        for chunk in train_x.split(4096):  # float64 copies of a few thousand images at a time
+            x = chunk.to(torch.float64).div_(255.0)
+            total += x.sum(dim=(0, 2, 3))
+            squares += x.square().sum(dim=(0, 2, 3))
+        count = train_x.shape[0] * train_x.shape[2] * train_x.shape[3]
+        mean = total / count
+        sd = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
+        return cls(mean.float()[:, None, None], sd.float()[:, None, None])
+
+    @classmethod
+    def stack(cls, scalings: list["PixelScaling"]) -> "PixelScaling":
+        """One scaling for K members' images (K, B, C, H, W), each with its own statistics."""
+        if scalings[0].mean is None:
+            return cls()
+        return cls(torch.stack([s.mean[None] for s in scalings]), torch.stack([s.sd[None] for s in scalings]))
 
 
 def load_dataset(dataset: Dataset, data_dir: Path, download: bool = False) -> RawData:
@@ -329,4 +371,4 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-__all__ = ["RawData", "Splits", "default_data_dir", "load_dataset", "make_splits", "DEBIAN_FASHION_MNIST_DIR"]
+__all__ = ["RawData", "Splits", "PixelScaling", "default_data_dir", "load_dataset", "make_splits", "DEBIAN_FASHION_MNIST_DIR"]

@@ -27,8 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import qagrel_cli
 from qagrel_cli import runs
 from qagrel_cli.allocator import keep_freed_memory
-from qagrel_cli.config import Feedback, Optimizer, QagrelError, Rule, TrainConfig
-from qagrel_cli.data import RawData, Splits, default_data_dir, load_dataset, make_splits
+from qagrel_cli.config import Feedback, Init, Optimizer, QagrelError, Rule, TrainConfig
+from qagrel_cli.data import PixelScaling, RawData, Splits, default_data_dir, load_dataset, make_splits
 from qagrel_cli.models import QNetwork, build_network
 from qagrel_cli.rules import BatchStats, alignment_angles, bp_step, qagrel_step
 
@@ -91,6 +91,7 @@ class Trainer:
         self.net.reset_weights(config.init_range, config.feedback == Feedback.symmetric,
                                torch.Generator().manual_seed(stream_seed(config.seed, "init")))
         self.net.to(device)
+        self.scale = PixelScaling.fit(config.input_scaling, splits.train_x)
         self.hidden_units = self.net.hidden_units(splits.input_shape)
         # Data order is drawn on the CPU so it is the same on every device; dropout and
         # exploration draws happen where the data lives.
@@ -108,7 +109,8 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> BatchStats:
         """One weight update on a batch of trials."""
         if self.optimizer is None:
-            return qagrel_step(self.net, x, y, self.config.lr, self.config.epsilon, self.trial_rng)
+            return qagrel_step(self.net, x, y, self.config.lr, self.config.epsilon, self.trial_rng,
+                               learn_feedback=self.config.feedback != Feedback.fixed)
         return bp_step(self.net, self.optimizer, x, y, self.trial_rng)
 
     def run_epoch(self, on_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +124,7 @@ class Trainer:
         self.net.train()
         order = self.epoch_order()
         return run_batches(order, self.config.batch_size,
-                           lambda idx: self.step(to_float(data.train_x[idx]), data.train_y[idx]), on_batch)
+                           lambda idx: self.step(self.scale(data.train_x[idx]), data.train_y[idx]), on_batch)
 
     def epoch_order(self) -> torch.Tensor:
         """This epoch's random order of the training samples, on the device (drawn on the CPU)."""
@@ -131,7 +133,7 @@ class Trainer:
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Greedy (argmax) accuracy without dropout or exploration, as a device scalar."""
         self.net.eval()
-        return greedy_accuracy(lambda images: self.net(images)[0], x, y)
+        return greedy_accuracy(lambda images: self.net(images)[0], x, y, self.scale)
 
     def weights_finite(self) -> torch.Tensor:
         return torch.stack([torch.isfinite(layer.weight).all() for layer in self.net.layers]).all()
@@ -175,24 +177,20 @@ def run_batches(order: torch.Tensor, batch_size: int, step: Callable[[torch.Tens
     return rewarded, loss
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [0, 1] (the whole dataset stays uint8 on the device)."""
-    return images.float().div_(255.0)
-
-
 @torch.no_grad()
-def greedy_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor
-                    ) -> torch.Tensor:
+def greedy_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    scale: PixelScaling) -> torch.Tensor:
     """Fraction of images whose largest output is the label, as device tensor(s).
 
-    x is uint8 images (..., N, C, H, W) and y labels (..., N); `forward` maps
-    float images to outputs (..., n, classes). Leading dimensions (a seed
-    pack's members) give one accuracy each.
+    x is uint8 images (..., N, C, H, W) (the whole dataset stays uint8 on the
+    device), `scale` turns them into the network's input, and y is labels
+    (..., N); `forward` maps inputs to outputs (..., n, classes). Leading
+    dimensions (a seed pack's members) give one accuracy each.
     """
     n = x.shape[-4]
     correct = torch.zeros(x.shape[:-4], device=x.device)
     for start in range(0, n, EVAL_BATCH):
-        q = forward(to_float(x[..., start:start + EVAL_BATCH, :, :, :]))
+        q = forward(scale(x[..., start:start + EVAL_BATCH, :, :, :]))
         # Out of place: images shared by a pack (no leading dims) still give one count per member.
         correct = correct + (q.argmax(dim=-1) == y[..., start:start + EVAL_BATCH]).sum(dim=-1)
     return correct / n
@@ -232,6 +230,8 @@ def train(config: TrainConfig, out: Path | None = None, *, data_dir: Path | None
 
 def check_config(config: TrainConfig) -> TrainConfig:
     """The resolved config, or QagrelError for an option combination that makes no sense."""
+    if config.init != Init.uniform and config.init_range is not None:
+        raise QagrelError(f"--init-range applies to --init uniform only: --init {config.init.value} sets its own scale")
     config = config.resolved()
     if config.rule == Rule.qagrel and config.optimizer != Optimizer.sgd:
         raise QagrelError("--optimizer applies to --rule bp only: Q-AGREL applies its four-factor update directly")
@@ -269,7 +269,7 @@ def record_epoch(trainer: Trainer, state: RunState, *, rewarded: float, loss: fl
         "samples_per_second": n_train / train_seconds,
         "lr": config.lr,
     }
-    if config.feedback == Feedback.random:
+    if config.feedback != Feedback.symmetric:
         row.update({f"angle_{n}": a for n, a in enumerate(alignment_angles(trainer.net))})
     state.rows.append(row)
     state.wall_seconds += epoch_seconds

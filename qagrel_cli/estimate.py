@@ -36,7 +36,7 @@ from rich.table import Table
 
 from qagrel_cli.config import Dataset, TrainConfig, dataset_family
 from qagrel_cli.data import Splits
-from qagrel_cli.engine import EVAL_BATCH, RunState, Trainer, resolve_device, to_float
+from qagrel_cli.engine import EVAL_BATCH, RunState, Trainer, resolve_device
 from qagrel_cli.table import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, TABLE1_FIELDS, RunRecord, paper_table, row_key
 
 # Training and test images per dataset, and their classes (the files hold exactly these).
@@ -176,7 +176,7 @@ def calibrate(config: TrainConfig, device: torch.device) -> Cost:
     """Time a training step and the evaluation of one image for `config`'s network on `device`."""
     n = max(config.batch_size, EVAL_IMAGES)
     trainer = Trainer(config, fake_splits(config, n, device), device)
-    x, y = to_float(trainer.splits.train_x[:config.batch_size]), trainer.splits.train_y[:config.batch_size]
+    x, y = trainer.scale(trainer.splits.train_x[:config.batch_size]), trainer.splits.train_y[:config.batch_size]
     trainer.net.train()
     step = _seconds_per_call(lambda: trainer.step(x, y), device)
     images, labels = trainer.splits.test_x[:EVAL_IMAGES], trainer.splits.test_y[:EVAL_IMAGES]
@@ -193,7 +193,7 @@ def calibrate_pack(config: TrainConfig, device: torch.device, k: int) -> Cost:
                       Trainer(dataclasses.replace(config, seed=s), fake_splits(config, n, device, s), device),
                       RunState()) for s in range(k)]
     pack = VmapPack(members)
-    x = to_float(pack.train_x[:, :config.batch_size])
+    x = pack.scale(pack.train_x[:, :config.batch_size])
     y = pack.train_y[:, :config.batch_size]
     step = _seconds_per_call(lambda: pack.step(x, y), device)
     evaluate = _seconds_per_call(pack.evaluate, device)  # validation and test: 2 n images per member

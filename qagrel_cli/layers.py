@@ -39,6 +39,11 @@ class FeedbackLayer(nn.Module):
         self.weight = nn.Parameter(torch.empty(shape))
         self.register_buffer("feedback_weight", torch.empty(shape))
 
+    @property
+    def fan_in(self) -> int:
+        """Synapses onto one feedforward unit (the scale of He initialisation)."""
+        return self.weight.shape[1:].numel()
+
     def reset_weights(self, init_range: float, symmetric: bool, generator: torch.Generator) -> None:
         """W ~ U[-r, r]; W' = W (strict reciprocity) or an independent draw from the same law."""
         with torch.no_grad():
@@ -138,6 +143,10 @@ class LocallyConnected2d(FeedbackLayer):
         positions = self.output_hw[0] * self.output_hw[1]
         self._init_weights((positions, out_channels, in_channels * kernel_size * kernel_size))
         self._saved_patches: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, its patches)
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight.shape[-1]  # W is (positions, out, in * k * k): one unit sees in * k * k inputs
 
     def _patches(self, pre: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> contiguous (positions, B, C*k*k): each position's receptive field.

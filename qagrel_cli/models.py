@@ -10,6 +10,8 @@ logits for BP). No biases: the paper's equations have none.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -106,10 +108,15 @@ class QNetwork(nn.Module):
         """Table 1's 'hidden units' string, e.g. '21632-5408-500', computed from the built layers."""
         return "-".join(str(shape.numel()) for shape in self.hidden_shapes(input_shape))
 
-    def reset_weights(self, init_range: float, symmetric: bool, generator: torch.Generator) -> None:
-        """Initialise every layer's W (and W') from one generator, in layer order."""
+    def reset_weights(self, init_range: float | None, symmetric: bool, generator: torch.Generator) -> None:
+        """Initialise every layer's W (and W') from one generator, in layer order.
+
+        W ~ U[-r, r] with r = `init_range` (the paper's), or with `init_range=None`
+        He-uniform, r = sqrt(6 / fan_in) per layer.
+        """
         for layer in self.layers:
-            layer.reset_weights(init_range, symmetric, generator)
+            bound = init_range if init_range is not None else math.sqrt(6.0 / layer.fan_in)
+            layer.reset_weights(bound, symmetric, generator)
 
 
 def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, int],

@@ -57,11 +57,11 @@ from rich.progress import Progress
 from torch import nn
 from torch.func import functional_call, vmap
 
-from qagrel_cli.config import QagrelError, Rule, TrainConfig
-from qagrel_cli.data import default_data_dir, load_dataset
+from qagrel_cli.config import Feedback, QagrelError, Rule, TrainConfig
+from qagrel_cli.data import PixelScaling, default_data_dir, load_dataset
 from qagrel_cli.engine import (RUNS_ROOT, RunState, Trainer, check_config, check_run_folder, finish_run,
                                greedy_accuracy, open_run, progress_bar, record_epoch, resolve_device, run_batches,
-                               save_progress, should_stop, to_float)
+                               save_progress, should_stop)
 from qagrel_cli.models import QNetwork, build_network
 from qagrel_cli.rules import BatchStats, apply_weight_changes, bp_loss, qagrel_learn, select_actions
 
@@ -288,6 +288,7 @@ class VmapPack:
             m.trainer.splits = replace(m.trainer.splits, train_x=self.train_x[k], train_y=self.train_y[k],
                                        val_x=self.val_x[k], val_y=self.val_y[k])
         self.test_x, self.test_y = splits[0].test_x, splits[0].test_y  # the same test set for every seed
+        self.scale = PixelScaling.stack([m.trainer.scale for m in members])
 
     @property
     def batches_per_epoch(self) -> int:
@@ -300,7 +301,7 @@ class VmapPack:
         order = torch.stack([m.trainer.epoch_order() for m in self.members])
         rows = torch.arange(len(self.members), device=self.device)[:, None]
         return run_batches(order, self.config.batch_size,
-                           lambda idx: self.step(to_float(self.train_x[rows, idx]), self.train_y[rows, idx]),
+                           lambda idx: self.step(self.scale(self.train_x[rows, idx]), self.train_y[rows, idx]),
                            on_batch)
 
     def step(self, x: torch.Tensor, labels: torch.Tensor) -> BatchStats:
@@ -321,7 +322,7 @@ class VmapPack:
         # The exploration draws come after the dropout draws, as in qagrel_step.
         action = select_actions(q, self.config.epsilon, self._generators())
         changes, rewarded, loss = self._qagrel_learn(tensors, q, activities, action, labels, self.config.lr)
-        apply_weight_changes(self.stacked, changes)
+        apply_weight_changes(self.stacked, changes, self.config.feedback != Feedback.fixed)
         return BatchStats(rewarded=rewarded, loss=loss)
 
     def _bp_step(self, x: torch.Tensor, labels: torch.Tensor, noise: list[torch.Tensor | None]) -> BatchStats:
@@ -344,9 +345,11 @@ class VmapPack:
         """Per-member validation and test accuracy, shape (K,); the test images are shared, not copied."""
         self.stacked.eval()
         tensors = self._tensors()
-        val = greedy_accuracy(lambda images: self._forward(tensors, images, None)[0], self.val_x, self.val_y)
-        test = greedy_accuracy(lambda images: self._forward(tensors, images, None, shared_x=True)[0],
-                               self.test_x, self.test_y)
+        val = greedy_accuracy(lambda images: self._forward(tensors, images, None)[0], self.val_x, self.val_y,
+                              self.scale)
+        # Unit-scaled test images are the same for every member; standardised ones differ per member.
+        test = greedy_accuracy(lambda images: self._forward(tensors, images, None, shared_x=images.dim() == 4)[0],
+                               self.test_x, self.test_y, self.scale)
         return val, test
 
 

@@ -97,21 +97,26 @@ def qagrel_weight_changes(net: QNetwork, activities: list[torch.Tensor], action:
 
 
 @torch.no_grad()
-def apply_weight_changes(net: QNetwork, changes: list[torch.Tensor]) -> None:
-    """Add each change to the feedforward synapses and to their reciprocal feedback synapses."""
-    synapses = [layer.weight for layer in net.layers] + [layer.feedback_weight for layer in net.layers]
+def apply_weight_changes(net: QNetwork, changes: list[torch.Tensor], learn_feedback: bool = True) -> None:
+    """Add each change to the feedforward synapses and (the paper's rule) to their reciprocal feedback synapses.
+
+    `learn_feedback=False` leaves W' as it is (fixed feedback, as in feedback alignment).
+    """
+    synapses = [layer.weight for layer in net.layers]
+    if learn_feedback:
+        synapses += [layer.feedback_weight for layer in net.layers]
     # One multi-tensor add, as torch.optim.SGD makes its step: on a GPU, one launch instead of one per tensor.
-    torch._foreach_add_(synapses, changes + changes)
+    torch._foreach_add_(synapses, changes * (len(synapses) // len(changes)))
 
 
 @torch.no_grad()
 def qagrel_step(net: QNetwork, x: torch.Tensor, labels: torch.Tensor, lr: float, epsilon: float,
-                generator: torch.Generator | None = None) -> BatchStats:
+                generator: torch.Generator | None = None, learn_feedback: bool = True) -> BatchStats:
     """One Q-AGREL batch: forward, select, reward, feedback, update. Returns on-device sums."""
     q, activities = net(x, generator)
     action = select_action(q, epsilon, generator)
     changes, stats = qagrel_learn(net, q, activities, action, labels, lr)
-    apply_weight_changes(net, changes)
+    apply_weight_changes(net, changes, learn_feedback)
     return stats
 
 
