@@ -5,7 +5,7 @@
 
 For every architecture, rule and pack size K it times one training step of
   seq  : K single-run steps, one after the other (Trainer.step: qagrel_step or bp_step)
-  vmap : one VmapPack.step (stacked weights, torch.func.vmap; qagrel_cli/pack.py)
+  vmap : one VmapPack.step (stacked weights, torch.func.vmap; qagrel_cli/core/packs.py)
 on random batches of the right shape (speed does not depend on pixel values), in
 one process, and prints samples/second, the vmap/seq ratio and what the pack
 actually runs on this device (`auto`: vmap on CUDA, loop = sequential elsewhere).
@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
-from qagrel_cli.allocator import keep_freed_memory
-from qagrel_cli.config import TrainConfig
-from qagrel_cli.data import Splits
-from qagrel_cli.engine import RunState, Trainer
-from qagrel_cli.layers import LocallyConnected2d
-from qagrel_cli.models import QNetwork
-from qagrel_cli.pack import Member, VmapPack
+from qagrel_cli.core.allocator import keep_freed_memory
+from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.core.data import Splits
+from qagrel_cli.core.training import RunState, Trainer
+from qagrel_cli.core.layers import LocallyConnected2d
+from qagrel_cli.core.models import QNetwork
+from qagrel_cli.core.packs import Member, VmapPack
 
 SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 CLASSES = 10
@@ -53,7 +53,7 @@ def fake_splits(shape: tuple[int, int, int], n: int, device: torch.device, seed:
 def make_members(config: TrainConfig, k: int, shape: tuple[int, int, int], device: torch.device) -> list[Member]:
     members = []
     for seed in range(k):
-        member_config = TrainConfig(**{**config.to_dict(), "seed": seed}).resolved()
+        member_config = TrainConfig(**{**config.to_dict(), "seed": seed})
         trainer = Trainer(member_config, fake_splits(shape, config.batch_size, device, seed), device)
         trainer.net.train()
         members.append(Member(seed, member_config, Path("."), trainer, RunState()))
@@ -105,7 +105,7 @@ def main() -> None:
     auto = "vmap" if device.type == "cuda" else "loop"
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    # As `qagrel train` runs on a CPU (the Trainers below would set it anyway): see qagrel_cli/allocator.py.
+    # As `qagrel train` runs on a CPU (the Trainers below would set it anyway): see qagrel_cli/core/allocator.py.
     malloc = "keeps freed memory" if device.type == "cpu" and keep_freed_memory() else "default"
     ceiling = matmul_gflops(device, args.min_seconds)
     print(f"device: {name}; torch {torch.__version__}; {args.data} {shape}; batch {args.batch_size}; "

@@ -5,11 +5,11 @@
 For conv and loccon on MNIST-sized (1x28x28) and CIFAR-sized (3x32x32) input,
 it measures, side by side in one process:
   plain-bp : nn.Sequential of the same layers, autograd, torch.optim.SGD
-  qagrel   : qagrel_cli.rules.qagrel_step (forward, selection, RPE, feedback, update)
-  bp       : qagrel_cli.rules.bp_step (the engine's BP on its own layers)
+  qagrel   : qagrel_cli.core.rules.qagrel_step (forward, selection, RPE, feedback, update)
+  bp       : qagrel_cli.core.rules.bp_step (the engine's BP on its own layers)
 and prints ratios: qagrel / plain-bp (target <= 1.1) and loccon / conv (target <= 3).
 On a CPU, malloc keeps freed memory for reuse, as `qagrel train` sets it
-(qagrel_cli/allocator.py; it applies to the whole process, so to all three
+(qagrel_cli/core/allocator.py; it applies to the whole process, so to all three
 contenders); `--malloc default` measures glibc's default instead.
 Each time is the median over `--steps` single steps, the contenders taking
 turns step by step (a, b, c, a, b, c, ...): on a shared machine, load that
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qagrel_cli.allocator import keep_freed_memory
-from qagrel_cli.config import Arch
-from qagrel_cli.layers import LocallyConnected2d
-from qagrel_cli.models import CONV_DROPOUT, LAST_HIDDEN_DROPOUT, build_network
-from qagrel_cli.rules import bp_step, qagrel_step
+from qagrel_cli.core.allocator import keep_freed_memory
+from qagrel_cli.core.config import Arch
+from qagrel_cli.core.layers import LocallyConnected2d
+from qagrel_cli.core.models import CONV_DROPOUT, LAST_HIDDEN_DROPOUT, build_network
+from qagrel_cli.core.rules import bp_step, qagrel_step
 
 SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages are plain text: 'qagrel[ray]' or a path with [..] is not markup
 from typer.core import TyperGroup
 
-from qagrel_cli.config import Arch, Dataset, Feedback, Init, InputScaling, Optimizer, QagrelError, Rule, TrainConfig
+from qagrel_cli.core.config import (Arch, Dataset, Feedback, Init, InputScaling, Optimizer, QagrelError, Rule,
+                                    TrainConfig, parse_seeds)
 # Option choices only: these modules load torch and matplotlib lazily, when a command runs.
-from qagrel_cli.plot import AfterStop, Metric, PlotFormat
-from qagrel_cli.table import AccuracyAt, Compare, EpochsAt, TableFormat
+from qagrel_cli.reports.milestones import MilestoneFormat
+from qagrel_cli.reports.plot import AfterStop, Metric, PlotFormat
+from qagrel_cli.reports.table import AccuracyAt, Compare, EpochsAt, TableFormat
 
 # typer re-exports only BadParameter; its base is click's UsageError (vendored or not).
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -62,10 +66,14 @@ RUN_PANEL = "Run"
 PROTOCOL_PANEL = "Protocol choices the paper leaves open (docs/reproduction.md)"
 
 
+def warn(lines: list[str]) -> None:
+    """Print one warning line each (damaged files a command skipped)."""
+    for line in lines:
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
-    from rich.markup import escape  # a message is plain text: 'qagrel[ray]' or a path with [..] is not markup
-
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
@@ -88,8 +96,9 @@ def train(
         rich_help_panel=ARCH_PANEL, show_default=False)] = None,
     dataset: Annotated[Dataset, typer.Option(help="Dataset (CIFAR-100 uses its 100 fine labels).",
                                              rich_help_panel=DATA_PANEL)] = Dataset.mnist,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, validation split, data order, dropout, "
-                                      "exploration.", rich_help_panel=RUN_PANEL)] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation, validation split, data order, "
+                                                "dropout, exploration. Default: 0.", rich_help_panel=RUN_PANEL,
+                                                show_default=False)] = None,
     seeds: Annotated[Optional[str], typer.Option(
         help="Train several seeds as one pack instead of --seed, e.g. 0-9 or 0,3,5: one batched model on a GPU, "
         "each seed its own run folder, named by its run id, under --out (default results/runs/).",
@@ -135,25 +144,28 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN_PANEL)] = False,
 ) -> None:
     """Train one network of Table 1 and record every epoch (resumable; re-run to continue)."""
-    from qagrel_cli.engine import train as run_training
-    from qagrel_cli.pack import parse_seeds, train_pack
-    from qagrel_cli.report import print_summary
+    from qagrel_cli.core.run_folder import epochs_saved
+    from qagrel_cli.core.training import run_folders, train_runs
+    from qagrel_cli.reports.summary import print_summary
 
+    run_dirs: list[Path] = []
     try:
-        config = TrainConfig(dataset=dataset, arch=arch, rule=rule, fc=fc, seed=seed, lr=lr, optimizer=optimizer,
-                             epsilon=epsilon, feedback=feedback, init=init, init_range=init_range,
-                             input_scaling=input_scaling, batch_size=batch_size,
+        if seed is not None and seeds is not None:
+            raise QagrelError("give either --seed or --seeds, not both")
+        config = TrainConfig(dataset=dataset, arch=arch, rule=rule, fc=fc, seed=seed or 0, lr=lr,
+                             optimizer=optimizer, epsilon=epsilon, feedback=feedback, init=init,
+                             init_range=init_range, input_scaling=input_scaling, batch_size=batch_size,
                              max_epochs=max_epochs, patience=patience, train_size=train_size, device=device)
-        if seeds is not None:
-            summaries = train_pack(config, parse_seeds(seeds), out, data_dir=data_dir, download=download,
-                                   quiet=quiet, console=console)
-        else:
-            summaries = [run_training(config, out, data_dir=data_dir, download=download, quiet=quiet,
-                                      console=console)]
+        configs = [config] if seeds is None else [replace(config, seed=s) for s in parse_seeds(seeds)]
+        run_dirs = run_folders(configs, out, packed=seeds is not None)
+        summaries = train_runs(configs, run_dirs, data_dir=data_dir, download=download, quiet=quiet,
+                               console=console)
     except QagrelError as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:
-        raise fail("interrupted; the last finished epoch is saved: run the same command again to resume", 130)
+        if any(epochs_saved(d) for d in run_dirs):
+            raise fail("interrupted; every finished epoch is saved: run the same command again to resume", 130)
+        raise fail("interrupted before the first epoch ended: nothing was saved", 130)
     for summary in summaries:
         print_summary(summary, Console())
     diverged = [s for s in summaries if s["diverged"]]
@@ -211,7 +223,9 @@ def sweep(
     download: DownloadOption = True,
 ) -> None:
     """Train every run of a sweep file; run it again to resume (Ctrl-C, kill -9 or a reboot lose no finished epoch)."""
-    from qagrel_cli.sweep import load_sweep, print_plan, run_sweep
+    from qagrel_cli.reports.status import print_plan
+    from qagrel_cli.sweeps.orchestrator import run_sweep
+    from qagrel_cli.sweeps.sweep_file import load_sweep
 
     try:
         plan = load_sweep(file)
@@ -220,12 +234,12 @@ def sweep(
         if dry_run:
             print_plan(plan, results, Console())
             if estimate:
-                from qagrel_cli.estimate import estimate_sweep, print_estimate
+                from qagrel_cli.reports.estimate import estimate_sweep, print_estimate
                 print_estimate(estimate_sweep(list(plan.configs), workers=workers, pack=pack or plan.pack), Console())
             return
         ray = None
         if executor == Executor.ray:
-            from qagrel_cli.ray_executor import RayOptions
+            from qagrel_cli.sweeps.ray_executor import RayOptions
             ray = RayOptions(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, retries=retries)
         outcome = run_sweep(plan, results, workers=workers, data_dir=data_dir, download=download,
                             retry_failed=retry_failed, console=console, pack=pack, ray=ray)
@@ -244,7 +258,7 @@ def status(
                                               "of several.")] = Path("results"),
 ) -> None:
     """Count done / running / failed / pending runs per Table 1 row."""
-    from qagrel_cli.sweep import print_status
+    from qagrel_cli.reports.status import print_status
 
     try:
         print_status(directory, Console())
@@ -274,22 +288,63 @@ def table(
                                                 rich_help_panel=TABLE_PANEL, show_default=False)] = None,
 ) -> None:
     """Table 1 from finished runs: Epochs and Accuracy mean (SD) over seeds per row, in the paper's layout."""
-    from qagrel_cli.runs import atomic_write_text
-    from qagrel_cli.sweep import discover_runs
-    from qagrel_cli.table import build_table, render, rich_view
+    from qagrel_cli.core.run_folder import atomic_write_text
+    from qagrel_cli.reports.table import build_table, render, rich_view
+    from qagrel_cli.sweeps.results import read_results
 
     try:
-        result = build_table(discover_runs(directory), source=str(directory), epochs_at=epochs, accuracy_at=accuracy,
+        results = read_results(directory)
+        warn(results.warnings())
+        result = build_table(results.runs, source=str(directory), epochs_at=epochs, accuracy_at=accuracy,
                              converged_above=converged_above, compare=compare is not None)
+        if out is not None:
+            try:
+                atomic_write_text(out, render(result, fmt))
+            except OSError as err:
+                raise QagrelError(f"cannot write {out}: {err.strerror or err}") from None
     except QagrelError as err:
         raise fail(str(err)) from None
     if out is not None:
-        atomic_write_text(out, render(result, fmt))
         console.print(f"wrote {out}", highlight=False)
     elif fmt == TableFormat.rich:
         Console().print(rich_view(result))
     else:
         sys.stdout.write(render(result, fmt))
+
+
+@app.command()
+def milestones(
+    directory: Annotated[Path, typer.Argument(help="A folder of runs with an epoch budget, e.g. results/protocol.",
+                                              show_default=False)],
+    fmt: Annotated[MilestoneFormat, typer.Option("--format", help="rich (terminal), markdown or csv.",
+                                                 rich_help_panel=TABLE_PANEL)] = MilestoneFormat.rich,
+    out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of the terminal.",
+                                                rich_help_panel=TABLE_PANEL, show_default=False)] = None,
+) -> None:
+    """How far short runs got along the paper's path: test accuracy at the paper's implied best epoch, epochs
+    to 50% and 90% of its accuracy, per Table 1 row and protocol reading."""
+    from qagrel_cli.core.run_folder import atomic_write_text
+    from qagrel_cli.reports.milestones import milestone_rows, render
+    from qagrel_cli.sweeps.results import read_results
+
+    try:
+        results = read_results(directory)
+        warn(results.warnings())
+        rows = milestone_rows(results)
+        if not rows:
+            raise QagrelError(f"{directory}: no finished runs with a readable log yet")
+        text = render(rows, fmt, source=str(directory))
+        if out is not None:
+            try:
+                atomic_write_text(out, text)
+            except OSError as err:
+                raise QagrelError(f"cannot write {out}: {err.strerror or err}") from None
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    if out is not None:
+        console.print(f"wrote {out}", highlight=False)
+    else:
+        sys.stdout.write(text)
 
 
 # --- plot
@@ -302,7 +357,8 @@ def plot(
     path: Annotated[Path, typer.Argument(help="A folder of runs (e.g. results/table1): Figure 3 over them. "
                                          "One run folder: its learning curves.", show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
-        help="Folder for the figure, or a file name ending in .png, .pdf or .svg. Default: figures/. "
+        help="Folder for the figure, or a file name ending in .png, .pdf or .svg. Default: _figures/ in the "
+        "folder plotted (beside a single run folder). "
         "The plotted numbers go to a CSV of the same name beside it.", show_default=False)] = None,
     fmt: Annotated[Optional[PlotFormat], typer.Option(
         "--format", help="Image format. Default: the extension of --out, else png.", show_default=False)] = None,
@@ -323,7 +379,7 @@ def plot(
         "Default: all.", rich_help_panel=FIGURE3_PANEL, show_default=False)] = None,
 ) -> None:
     """Plot Figure 3 (Q-AGREL vs BP learning curves, mean ± 2 SD over seeds, one panel per dataset) or one run."""
-    from qagrel_cli.plot import plot as make_plot
+    from qagrel_cli.reports.plot import plot as make_plot
 
     try:
         result = make_plot(path, out, metric=metric, after_stop=after_stop, fmt=fmt,
@@ -331,6 +387,6 @@ def plot(
     except QagrelError as err:
         raise fail(str(err)) from None
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     Console().print(f"wrote {result.figure}\nwrote {result.csv}", highlight=False, soft_wrap=True)
 

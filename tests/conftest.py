@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qagrel_cli import engine
-from qagrel_cli.data import load_dataset
+from qagrel_cli.core import training as engine
+from qagrel_cli.core.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # Real MNIST in torchvision's layout: $QAGREL_DATA when set, else ../shared/data beside the checkout.

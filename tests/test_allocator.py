@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from qagrel_cli import allocator
+from qagrel_cli.core import allocator
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="needs glibc")

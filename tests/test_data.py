@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from qagrel_cli import data
-from qagrel_cli.config import Dataset, QagrelError
-from qagrel_cli.data import RawData, default_data_dir, load_dataset, make_splits
+from qagrel_cli.core import data
+from qagrel_cli.core.config import Dataset, QagrelError
+from qagrel_cli.core.data import RawData, default_data_dir, load_dataset, make_splits
 
 from conftest import SHARED_DATA
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

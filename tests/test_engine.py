@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from qagrel_cli import runs
-from qagrel_cli.config import QagrelError, TrainConfig
-from qagrel_cli.data import RawData, make_splits
-from qagrel_cli.engine import Trainer, train
+from qagrel_cli.core import run_folder as runs
+from qagrel_cli.core.config import QagrelError, TrainConfig
+from qagrel_cli.core.data import RawData, make_splits
+from qagrel_cli.core.training import Trainer, train
 
 from conftest import REPO
 
@@ -70,7 +70,7 @@ def test_run_folder_holds_config_log_and_summary_and_no_checkpoint_when_finished
                 "qagrel_version", "git_commit"):
         assert key in summary
     assert summary["test_acc_at_best"] == log.loc[log["epoch"] == summary["best_epoch"], "test_acc"].item()
-    assert TrainConfig.from_dict(runs.read_config(tmp_path)).run_id == summary["run_id"]
+    assert runs.read_config(tmp_path).run_id == summary["run_id"]
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement(mnist_dir, tmp_path):

@@ -8,9 +8,9 @@ import yaml
 from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
-from qagrel_cli.config import TrainConfig
-from qagrel_cli.estimate import estimate_sweep, expected_epochs, format_duration
-from qagrel_cli.sweep import load_sweep
+from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.reports.estimate import estimate_sweep, expected_epochs, format_duration
+from qagrel_cli.sweeps.sweep_file import load_sweep
 
 runner = CliRunner()
 # Two networks (fc and conv, both with 16 hidden units), two seeds each.

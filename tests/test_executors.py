@@ -18,17 +18,19 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from qagrel_cli import runs
+from qagrel_cli.core import run_folder as runs
 from qagrel_cli.cli import app
-from qagrel_cli.config import QagrelError
-from qagrel_cli.engine import train
-from qagrel_cli.jobs import make_jobs
-from qagrel_cli.sweep import SweepOutcome, load_sweep, run_sweep, try_lock
+from qagrel_cli.core.config import QagrelError
+from qagrel_cli.core.training import train
+from qagrel_cli.sweeps.jobs import make_jobs
+from qagrel_cli.sweeps.ledger import SweepOutcome, try_lock
+from qagrel_cli.sweeps.orchestrator import run_sweep
+from qagrel_cli.sweeps.sweep_file import load_sweep
 
 from conftest import SHARED_DATA
 
 DATA = SHARED_DATA
-# device cpu: a pack then trains its members one after another (pack.py's loop strategy), which is
+# device cpu: a pack then trains its members one after another (core/packs.py's loop strategy), which is
 # bitwise what the runs alone do; a CUDA pack is vmapped and agrees only to rtol 1e-5 (test_pack.py).
 TINY = {"dataset": "mnist", "arch": "fc", "fc": "16", "rule": ["qagrel", "bp"], "train_size": 300,
         "val_size": 200, "max_epochs": 2, "patience": 10, "device": "cpu"}

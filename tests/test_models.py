@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qagrel_cli.config import Arch
-from qagrel_cli.layers import FeedbackConv2d, LocallyConnected2d
-from qagrel_cli.models import build_network
+from qagrel_cli.core.config import Arch
+from qagrel_cli.core.layers import FeedbackConv2d, LocallyConnected2d
+from qagrel_cli.core.models import build_network
 
 MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 

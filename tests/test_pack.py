@@ -20,11 +20,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from qagrel_cli import engine, pack, runs
+from qagrel_cli.core import run_folder as runs, training as engine
 from qagrel_cli.cli import app
-from qagrel_cli.config import QagrelError, TrainConfig
-from qagrel_cli.data import load_dataset
-from qagrel_cli.pack import parse_seeds, train_pack
+from qagrel_cli.core.config import QagrelError, TrainConfig
+from qagrel_cli.core.data import load_dataset
+from qagrel_cli.core.config import parse_seeds
+from qagrel_cli.core.training import train_pack
 
 from conftest import load_with_small_test_set
 
@@ -35,7 +36,7 @@ SEEDS = [0, 1, 2]
 
 @pytest.fixture
 def data(small_mnist, monkeypatch) -> Iterator[Path]:
-    monkeypatch.setattr(pack, "load_dataset", load_with_small_test_set)
+    monkeypatch.setattr(engine, "load_dataset", load_with_small_test_set)
     # One thread: on a busy 2-core machine oneDNN's grouped convolutions (the vmap strategy's) stall
     # for seconds waiting for a second thread; the pack and the runs it is compared with share the setting.
     threads = torch.get_num_threads()
@@ -106,7 +107,7 @@ def test_members_stop_at_their_own_epochs_and_the_others_go_on(data, tmp_path):
 def test_a_killed_pack_resumes_every_member_exactly(data, tmp_path, monkeypatch):
     config = tiny(arch="fc", feedback="random", max_epochs=4)  # random W': the feedback buffers must resume too
     saves = {"n": 0}
-    real_save = pack.save_progress
+    real_save = engine.save_progress
 
     def save_then_die(*args):
         if saves["n"] == len(SEEDS) + 1:  # killed in epoch 2, after one member saved it: members at epochs 2, 1, 1
@@ -114,10 +115,10 @@ def test_a_killed_pack_resumes_every_member_exactly(data, tmp_path, monkeypatch)
         saves["n"] += 1
         real_save(*args)
 
-    monkeypatch.setattr(pack, "save_progress", save_then_die)
+    monkeypatch.setattr(engine, "save_progress", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_pack(config, SEEDS, tmp_path / "pack", data_dir=data, quiet=True, strategy="vmap")
-    monkeypatch.setattr(pack, "save_progress", real_save)
+    monkeypatch.setattr(engine, "save_progress", real_save)
     folders = sorted((tmp_path / "pack").iterdir())
     assert sorted(len(runs.read_log(f)) for f in folders) == [1, 1, 2]
     assert not any((f / runs.SUMMARY_FILE).exists() for f in folders)
@@ -154,3 +155,9 @@ def test_seed_lists(text, seeds):
 def test_bad_seed_lists_are_refused(text):
     with pytest.raises(QagrelError):
         parse_seeds(text)
+
+
+@pytest.mark.parametrize("reading", [{"input_scaling": "standardize"}, {"feedback": "fixed"}])
+def test_a_vmapped_pack_gives_the_logs_of_the_runs_one_by_one_under_other_readings(reading, data, tmp_path):
+    # Standardised input: each member scales by its own training split's statistics (test images included).
+    assert_pack_equals_one_by_one(tiny(arch="fc", **reading), tmp_path, data, "vmap", seeds=[0, 1])

@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
-from qagrel_cli.config import Arch, TrainConfig
-from qagrel_cli.plot import AfterStop, Metric, PlotFormat, aggregate, plot
-from qagrel_cli.runs import write_config, write_log, write_summary
+from qagrel_cli.core.config import Arch, TrainConfig
+from qagrel_cli.reports.plot import AfterStop, Metric, PlotFormat, aggregate, plot
+from qagrel_cli.core.run_folder import write_config, write_log, write_summary
 
 # (a, b, stop epoch) per seed: different slopes and different early-stopping epochs.
 QAGREL_SEEDS = [(0.10, 0.050, 6), (0.20, 0.030, 9), (0.15, 0.040, 12)]
@@ -30,9 +30,9 @@ VAL_OFFSET, TEST_OFFSET = -0.02, -0.03  # val/test curves sit a known distance b
 def make_run(root: Path, rule: str, seed: int, a: float, b: float, stop: int, *, dataset: str = "cifar10",
              arch: str = "conv", finished: bool = True, diverged: bool = False, **overrides) -> Path:
     """A run folder as the engine leaves it: _config.yaml, log.parquet (config columns on every row), _summary.json."""
-    config = TrainConfig(dataset=dataset, arch=arch, rule=rule, seed=seed, **overrides).resolved()
+    config = TrainConfig(dataset=dataset, arch=arch, rule=rule, seed=seed, **overrides)
     run_dir = root / config.run_id
-    write_config(run_dir, config.to_dict())
+    write_config(run_dir, config)
     epochs = np.arange(1, stop + 1)
     reward = a + b * epochs
     log = pd.DataFrame({"epoch": epochs, "train_reward": reward, "train_loss": 1 - reward,
@@ -195,13 +195,22 @@ def test_format_option_writes_that_format_into_the_out_folder(tmp_path):
 
 # ----------------------------------------------------------------- the command line
 
-def test_cli_writes_figure3_and_csv_into_figures_by_default(tmp_path, monkeypatch):
+def test_cli_writes_figure3_and_csv_beside_the_runs_by_default(tmp_path, monkeypatch):
     make_sweep(tmp_path / "smoke")
     monkeypatch.chdir(tmp_path)
     result = invoke("plot", "smoke")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "figures" / "smoke_figure3.png").is_file()
-    assert (tmp_path / "figures" / "smoke_figure3.csv").is_file()
+    assert (tmp_path / "smoke" / "_figures" / "smoke_figure3.png").is_file()
+    assert (tmp_path / "smoke" / "_figures" / "smoke_figure3.csv").is_file()
+
+
+def test_cli_names_one_run_s_figure_after_its_run_id_beside_its_folder(tmp_path):
+    run_dir = make_run(tmp_path, "qagrel", 0, 0.2, 0.01, 5)
+    result = invoke("plot", run_dir, "--out", tmp_path / "figs")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "figs" / f"{run_dir.name}.png").is_file()
+    assert invoke("plot", run_dir).exit_code == 0
+    assert (tmp_path / "_figures" / f"{run_dir.name}.png").is_file()
 
 
 def test_cli_error_for_a_path_that_does_not_exist(tmp_path):
@@ -225,3 +234,17 @@ def test_cli_error_for_runs_of_only_one_rule(tmp_path):
 def test_cli_error_for_an_out_file_of_an_unknown_format(tmp_path):
     result = invoke("plot", make_sweep(tmp_path / "sweep"), "--out", tmp_path / "fig.jpg")
     assert result.exit_code == 2 and ".png, .pdf or .svg" in result.output
+
+
+def test_each_protocol_reading_gets_its_own_curve_and_runs_of_old_configs_count_as_the_default(tmp_path):
+    root = make_sweep(tmp_path / "sweep")
+    for seed, (a, b, stop) in enumerate(BP_SEEDS):
+        make_run(root, "bp", seed, a + 0.1, b, stop, input_scaling="standardize")
+    # A run folder written before the option existed: its config lacks the key.
+    old = next(root.glob("*-qagrel-s0-*")) / "_config.yaml"
+    old.write_text("".join(line for line in old.read_text().splitlines(True) if not line.startswith("input_scaling")))
+    table = pd.read_csv(plot(root, tmp_path / "figs").csv)
+    assert sorted(table.loc[table["rule"] == "bp", "variant"].unique()) == ["input_scaling=standardize",
+                                                                            "input_scaling=unit"]
+    assert table.loc[table["rule"] == "qagrel", "variant"].isna().all()  # one Q-AGREL reading: one curve
+    assert_csv_curve(table[table["variant"] == "input_scaling=unit"], "bp", expected(BP_SEEDS, "hold"))

@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
 
-from qagrel_cli import runs  # noqa: E402
+from qagrel_cli.core import run_folder as runs  # noqa: E402
 from qagrel_cli.cli import app  # noqa: E402
-from qagrel_cli.ray_executor import RayOptions  # noqa: E402
-from qagrel_cli.sweep import RunState, SweepOutcome, load_sweep, run_state  # noqa: E402
+from qagrel_cli.sweeps.ray_executor import RayOptions  # noqa: E402
+from qagrel_cli.sweeps.ledger import RunStatus, SweepOutcome, run_status  # noqa: E402
+from qagrel_cli.sweeps.sweep_file import load_sweep  # noqa: E402
 from test_executors import DATA, TINY, assert_same_results, sweep_with, write_sweep  # noqa: E402
 
 # Per epoch ~1 s on one core: long enough to kill the worker between two epochs.
@@ -95,7 +96,7 @@ def kill_mid_run(path: Path, results: Path, **kwargs) -> tuple[SweepOutcome, str
     while not (run_dir / runs.LOG_FILE).exists():  # the first epoch, shipped back by the task
         assert driver.is_alive() and time.monotonic() < deadline, done
         time.sleep(0.02)
-    assert run_state(run_dir) == RunState.running  # the driver holds the run's lock while its task is out
+    assert run_status(run_dir) == RunStatus.running  # the driver holds the run's lock while its task is out
     before = runs.read_log(run_dir)
     pid = worker_pid(config.run_id)
     assert pid is not None and runs.read_summary(run_dir) is None, "the run ended before it could be killed"
@@ -125,7 +126,7 @@ def test_killed_worker_without_retries_is_recorded_failed_then_resumed_by_retry_
     outcome, output, before = kill_mid_run(path, results, ray=RayOptions(retries=0))
     (run_dir,) = [p for p in (results / "slow").iterdir() if p.is_dir()]
     assert len(outcome.failed) == 1 and not outcome.trained, output
-    assert run_state(run_dir) == RunState.failed  # not finished, and not marked finished
+    assert run_status(run_dir) == RunStatus.failed  # not finished, and not marked finished
     assert "the Ray worker training this run died 1 time(s)" in (run_dir / runs.ERROR_FILE).read_text()
     assert runs.read_summary(run_dir) is None and (run_dir / runs.CHECKPOINT_FILE).exists()
 

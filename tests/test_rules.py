@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qagrel_cli.config import Arch
-from qagrel_cli.models import build_network
-from qagrel_cli.rules import (apply_weight_changes, qagrel_weight_changes, reward_prediction_error,
+from qagrel_cli.core.config import Arch
+from qagrel_cli.core.models import build_network
+from qagrel_cli.core.rules import (apply_weight_changes, qagrel_weight_changes, reward_prediction_error,
                               select_action)
 
 ALPHA = 0.3

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qagrel_cli import runs
+from qagrel_cli.core import run_folder as runs
 
 
 def test_a_log_read_while_it_is_being_rewritten_is_always_whole(tmp_path: Path):

@@ -21,11 +21,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from qagrel_cli import runs
+from qagrel_cli.core import run_folder as runs
 from qagrel_cli.cli import app
-from qagrel_cli.config import QagrelError
-from qagrel_cli.sweep import RunState, is_locked, load_sweep, run_state, try_lock
-from qagrel_cli.table import RunRecord, paper_table, row_key, row_key_fields
+from qagrel_cli.core.config import QagrelError, TrainConfig
+from qagrel_cli.sweeps.ledger import RunStatus, is_locked, run_status, try_lock
+from qagrel_cli.sweeps.sweep_file import load_sweep
+from qagrel_cli.reports.rows import row_key, row_key_fields
+from qagrel_cli.reports.table import paper_table
+from qagrel_cli.sweeps.results import RunRecord
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -84,7 +87,7 @@ def test_table1_expands_to_26_rows_times_10_seeds():
 
 
 def test_table1_rows_are_exactly_the_papers_rows():
-    records = [RunRecord(Path(), c.resolved(), None) for c in load_sweep(REPO / "sweeps" / "table1.yaml").configs]
+    records = [RunRecord(Path(), c, None) for c in load_sweep(REPO / "sweeps" / "table1.yaml").configs]
     fields = row_key_fields(records)
     seeds: dict = {}
     for record in records:
@@ -146,7 +149,7 @@ def test_name_defaults_to_the_file_name(tmp_path):
 
 
 def test_run_ids_are_the_same_in_another_process():
-    code = ("from qagrel_cli.sweep import load_sweep\n"
+    code = ("from qagrel_cli.sweeps.sweep_file import load_sweep\n"
             "print('\\n'.join(c.run_id for c in load_sweep('sweeps/table1.yaml').configs))")
     other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"})
@@ -170,7 +173,7 @@ def test_run_ids_are_the_same_in_another_process():
     ("grid: {rule: bp}\nseeds: -1\n", ["seeds:", "-1"]),
     ("grid: {rule: bp, seed: 1}\nseeds: 3\n", ["either seeds: or grid.seed"]),
     ("grid: {rule: bp}\nexclude:\n  - {rule: bp}\n", ["expands to no runs"]),
-    ("grid: {rule: [qagrel, bp], optimizer: adam}\n", ["grid:", "--optimizer applies to --rule bp only",
+    ("grid: {rule: [qagrel, bp], optimizer: adam}\n", ["grid:", "optimizer applies to rule bp only",
                                                        "'rule': 'qagrel'"]),
     ("grid: {rule: [bp\n", ["not valid YAML"]),
 ])
@@ -197,7 +200,7 @@ def test_dry_run_lists_every_run_and_writes_nothing(tmp_path):
                                  "--results", str(tmp_path / "results")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "260 runs" in result.stdout and "mnist-fc-1500_1000_500-bp-s9-" in result.stdout
-    assert "0 done, 0 running, 0 failed, 0 partial, 260 pending" in result.stdout
+    assert "0 done, 0 running, 0 failed, 0 damaged, 0 partial, 260 pending" in result.stdout
     assert not (tmp_path / "results").exists()
 
 
@@ -205,24 +208,24 @@ def test_dry_run_lists_every_run_and_writes_nothing(tmp_path):
 
 def test_run_state_follows_the_files_in_the_run_folder(tmp_path):
     run_dir = tmp_path / "run"
-    assert run_state(run_dir) == RunState.pending
-    runs.write_config(run_dir, {"seed": 0})
-    assert run_state(run_dir) == RunState.pending
+    assert run_status(run_dir) == RunStatus.pending
+    runs.write_config(run_dir, TrainConfig(seed=0))
+    assert run_status(run_dir) == RunStatus.pending
     runs.atomic_write_text(run_dir / runs.LOG_FILE, "")
-    assert run_state(run_dir) == RunState.partial
+    assert run_status(run_dir) == RunStatus.partial
     runs.atomic_write_text(run_dir / runs.ERROR_FILE, "boom\n")
-    assert run_state(run_dir) == RunState.failed
-    runs.write_summary(run_dir, {"status": "finished"})
-    assert run_state(run_dir) == RunState.done
+    assert run_status(run_dir) == RunStatus.failed
+    runs.write_summary(run_dir, {"run_id": "run", "stop_epoch": 1, "status": "finished"})
+    assert run_status(run_dir) == RunStatus.done
 
 
 def test_a_lock_reads_running_while_its_process_lives_and_vanishes_with_it_on_kill_9(tmp_path):
-    code = ("import sys, time\nfrom pathlib import Path\nfrom qagrel_cli.sweep import try_lock\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom qagrel_cli.sweeps.ledger import try_lock\n"
             "assert try_lock(Path(sys.argv[1])) is not None\nprint('locked', flush=True)\ntime.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert is_locked(tmp_path) and run_state(tmp_path) == RunState.running
+        assert is_locked(tmp_path) and run_status(tmp_path) == RunStatus.running
         assert try_lock(tmp_path) is None
     finally:
         holder.kill()
@@ -260,7 +263,7 @@ def test_failing_run_records_its_error_and_the_others_still_finish(tmp_path, mni
     assert "trained 1 run(s), 1 failed" in result.output
     good, bad = run_dirs(sweep, results)
     assert_complete_once(good)
-    assert run_state(bad) == RunState.failed
+    assert run_status(bad) == RunStatus.failed
     assert "cuda:99" in (bad / runs.ERROR_FILE).read_text()
 
 
@@ -271,7 +274,7 @@ def test_failed_runs_are_skipped_unless_retry_failed(tmp_path, mnist_dir):
     args = ["sweep", str(sweep), "--results", str(results), "--data-dir", str(mnist_dir)]
     skipped = runner.invoke(app, args)
     assert "1 that failed before (--retry-failed runs them again)" in skipped.output
-    assert run_state(run_dir) == RunState.failed
+    assert run_status(run_dir) == RunStatus.failed
     retried = runner.invoke(app, [*args, "--retry-failed"])
     assert retried.exit_code == 0, retried.output
     assert_complete_once(run_dir)

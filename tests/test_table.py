@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from qagrel_cli import runs
+from qagrel_cli.core import run_folder as runs
 from qagrel_cli.cli import app
-from qagrel_cli.config import TrainConfig
-from qagrel_cli.sweep import SWEEP_FILE, discover_runs, try_lock
-from qagrel_cli.table import (AccuracyAt, EpochsAt, TableFormat, build_table, format_alpha, paper_table, render,
+from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.sweeps.ledger import try_lock
+from qagrel_cli.sweeps.results import read_results
+from qagrel_cli.sweeps.sweep_file import SWEEP_FILE
+from qagrel_cli.reports.rows import format_alpha
+from qagrel_cli.reports.table import (AccuracyAt, EpochsAt, TableFormat, build_table, paper_table, render,
                               to_csv, to_latex, to_markdown)
 
 runner = CliRunner()
@@ -27,9 +30,9 @@ def fabricate(root: Path, *, seed: int, stop_epoch: int = 10, best_epoch: int | 
               test_acc_at_best: float = 0.9, test_acc_at_stop: float | None = None, best_val_acc: float = 0.9,
               diverged: bool = False, finished: bool = True, folder: str | None = None, **config) -> Path:
     """A run folder as the engine leaves it: config, (summary), with the given numbers."""
-    cfg = TrainConfig.from_dict({**MNIST_CONV, "rule": "qagrel", **config, "seed": seed}).resolved()
+    cfg = TrainConfig.from_dict({**MNIST_CONV, "rule": "qagrel", **config, "seed": seed})
     run_dir = root / (folder or cfg.run_id)
-    runs.write_config(run_dir, cfg.to_dict())
+    runs.write_config(run_dir, cfg)
     if finished:
         runs.write_summary(run_dir, {
             "run_id": cfg.run_id, "status": "diverged" if diverged else "finished", "stop_epoch": stop_epoch,
@@ -48,7 +51,7 @@ def three_seeds(root: Path, **config) -> None:
 
 
 def table_of(root: Path, **options):
-    return build_table(discover_runs(root), source=str(root), **options)
+    return build_table(read_results(root).runs, source=str(root), **options)
 
 
 # ------------------------------------------------------------- statistics
@@ -255,8 +258,8 @@ def test_cli_status_counts_each_state_per_row(tmp_path):
         os.close(fd)
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if "Q-AGREL" in line)
-    # done, running, failed, pending, total
-    assert [c.strip() for c in row.split("│")[-6:-1]] == ["1", "1", "1", "1", "4"]
+    # done, running, failed, damaged, pending, total
+    assert [c.strip() for c in row.split("│")[-7:-1]] == ["1", "1", "1", "0", "1", "4"]
     assert "RuntimeError: out of memory" in result.output
 
 
@@ -273,3 +276,22 @@ def test_cli_status_of_a_missing_folder_is_a_one_line_error(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "no such results folder" in result.output
+
+
+def test_a_reading_that_differs_within_a_row_splits_it_into_labelled_lines(tmp_path):
+    three_seeds(tmp_path)
+    for seed in range(2):
+        fabricate(tmp_path, seed=seed, input_scaling="standardize", test_acc_at_best=0.5)
+    table = table_of(tmp_path)
+    assert table.extra_fields == ["input_scaling"]
+    assert [(r.key.extras, r.finished) for r in table.rows] == [((("input_scaling", "unit"),), 3),
+                                                                 ((("input_scaling", "standardize"),), 2)]
+    assert "input scaling" in render(table, TableFormat.markdown)
+
+
+def test_paper_columns_go_with_every_reading_of_a_comparable_row(tmp_path):
+    for scaling in ("unit", "standardize"):
+        for seed in range(2):
+            fabricate(tmp_path, seed=seed, input_scaling=scaling)
+    table = table_of(tmp_path, compare=True)
+    assert [r.paper.accuracy.mean for r in table.rows] == [99.17, 99.17]

@@ -1,4 +1,4 @@
-"""Human-readable views of a run's summary."""
+"""The end-of-run summary that `qagrel train` prints."""
 
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     table.add_row("rule / arch", f"{cfg['rule']} / {cfg['arch']} {summary['hidden_units']}  (alpha {cfg['lr']:g})")
     table.add_row("stop epoch", str(summary["stop_epoch"]))
     table.add_row("best epoch", str(summary["best_epoch"]))
-    table.add_row("best validation accuracy", f"{100 * summary['best_val_acc']:.2f} %")
-    table.add_row("test accuracy at best epoch", f"{100 * summary['test_acc_at_best']:.2f} %")
-    table.add_row("test accuracy at stop", f"{100 * summary['test_acc_at_stop']:.2f} %")
+    table.add_row("best validation accuracy", _percent(summary["best_val_acc"]))
+    table.add_row("test accuracy at best epoch", _percent(summary["test_acc_at_best"]))
+    table.add_row("test accuracy at stop", _percent(summary["test_acc_at_stop"]))
     table.add_row("converged", "yes" if summary["converged"] else "no")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s on {summary['device']}")
     console.print(table)
+
+
+def _percent(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.2f} %"

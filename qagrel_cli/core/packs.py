@@ -1,16 +1,16 @@
 """Seed packs: K runs that differ only in seed, trained together in one process.
 
-`train_pack(config, seeds)` is the library entry point behind
-`qagrel train --seeds 0-9`. Every member is an ordinary run: it has its own
-Trainer (initialisation, validation split, data order, dropout and exploration
-generators, optimizer), its own RunState (early stopping) and writes the very
-run folder `train(config with that seed)` would write, checkpoint included, so
-a killed pack resumes each member exactly and finished members are never redone.
-A member that stops (patience, epoch limit or divergence) writes its summary and
-leaves the pack; the others go on.
+The epoch loop (qagrel_cli/core/training.py) trains every run as a member of a
+pack; a single run is a pack of one. Every member is an ordinary run: it has
+its own Trainer (initialisation, validation split, data order, dropout and
+exploration generators, optimizer), its own RunProgress (early stopping) and
+its own run folder, checkpoint included, so a killed pack resumes each member
+exactly and finished members are never redone. A member that stops (patience,
+epoch limit or divergence) writes its summary and leaves the pack; the others
+go on.
 
 Two strategies, chosen by device (`strategy="auto"`; measured with
-benchmarks/bench_pack.py, figures in the README):
+benchmarks/bench_pack.py, figures in docs/performance.md):
 
   vmap  The members' weights are stacked (K, ...) and one training step of all
         of them is `torch.func.vmap` over `functional_call` of the unchanged
@@ -24,11 +24,11 @@ benchmarks/bench_pack.py, figures in the README):
         mostly idle (not yet measured on a GPU: run the benchmark there).
   loop  Each member trains its epoch with its own Trainer, one after the other.
         Used on CPUs (and MPS, unmeasured). On the 2-core CPU we measured, one
-        run's batch of 100 already keeps the cores busy, and vmap ran at
-        0.48-1.16x the samples/s of K sequential runs (conv, loccon and fc, both
-        rules, K = 1-10; 0.5-0.7x at K = 10 for conv and loccon, whose grouped
-        convolutions oneDNN runs slower than K plain ones). On a CPU a pack is
-        therefore K runs in turn that share one process and one data load.
+        run's batch of 100 already keeps the cores busy, and vmap ran slower
+        than K sequential runs in almost every case (conv, loccon and fc, both
+        rules, K = 1-10; grouped convolutions run slower in oneDNN than K plain
+        ones). On a CPU a pack is therefore K runs in turn that share one
+        process and one data load.
 
 In the vmap strategy the members' weights live in the pack's stacked tensors:
 each member's Parameters and feedback buffers are views into them, so the
@@ -45,25 +45,20 @@ are rebuilt from the members left) instead of being masked.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
-from rich.console import Console
-from rich.progress import Progress
 from torch import nn
 from torch.func import functional_call, vmap
 
-from qagrel_cli.config import Feedback, QagrelError, Rule, TrainConfig
-from qagrel_cli.data import PixelScaling, default_data_dir, load_dataset
-from qagrel_cli.engine import (RUNS_ROOT, RunState, Trainer, check_config, check_run_folder, finish_run,
-                               greedy_accuracy, open_run, progress_bar, record_epoch, resolve_device, run_batches,
-                               save_progress, should_stop)
-from qagrel_cli.models import QNetwork, build_network
-from qagrel_cli.rules import BatchStats, apply_weight_changes, bp_loss, qagrel_learn, select_actions
+from qagrel_cli.core.config import Feedback, Rule, TrainConfig
+from qagrel_cli.core.data import PixelScaling
+from qagrel_cli.core.models import QNetwork, build_network
+from qagrel_cli.core.rules import BatchStats, apply_weight_changes, bp_loss, qagrel_learn, select_action_per_member
+from qagrel_cli.core.trainer import RunProgress, Trainer, greedy_accuracy, run_batches
 
 
 class PackStrategy(str, Enum):
@@ -72,126 +67,15 @@ class PackStrategy(str, Enum):
     loop = "loop"
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'0-9' -> [0, ..., 9]; '0,3,5'; '0-4,7'. Rejects negatives, reversed ranges and repeats."""
-    seeds: list[int] = []
-    for part in str(text).split(","):
-        lo, sep, hi = part.strip().partition("-")
-        try:
-            first, last = int(lo), int(hi) if sep else int(lo)
-        except ValueError:
-            raise QagrelError(f"seeds must look like 0-9 or 0,3,5, got {text!r}") from None
-        if first < 0 or last < first:
-            raise QagrelError(f"seed range {part.strip()!r} must be ascending and non-negative")
-        seeds.extend(range(first, last + 1))
-    if len(set(seeds)) != len(seeds):
-        raise QagrelError(f"seeds {text!r} name a seed twice")
-    return seeds
-
-
 @dataclass
 class Member:
-    """One run of the pack: its place in the seed list, config, run folder, trainer and state."""
+    """One run of the pack: its place in the list of runs, config, run folder, trainer and progress."""
 
     index: int
     config: TrainConfig
     out: Path
     trainer: Trainer
-    state: RunState
-
-
-def train_pack(config: TrainConfig, seeds: Sequence[int], out: Path | None = None, *,
-               data_dir: Path | None = None, download: bool = False, quiet: bool = False,
-               console: Console | None = None, strategy: PackStrategy | str = PackStrategy.auto
-               ) -> list[dict[str, Any]]:
-    """Train (or resume, or return the finished results of) `config` for every seed; summaries in seed order.
-
-    Member `s` uses `config` with `seed=s` and the run folder `out/<its run id>`
-    (default `results/runs/<run id>`, the same folder `qagrel train --seed s`
-    uses). `config.seed` is ignored. Raises QagrelError, before training, for
-    anything the user can fix.
-    """
-    if not seeds:
-        raise QagrelError("a pack needs at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise QagrelError(f"seeds {list(seeds)} name a seed twice")
-    strategy = PackStrategy(strategy)
-    root = Path(out) if out is not None else RUNS_ROOT
-    configs = [check_config(replace(config, seed=seed)) for seed in seeds]
-    summaries: dict[int, dict[str, Any]] = {}
-    todo: list[int] = []
-    for index, member_config in enumerate(configs):
-        finished = check_run_folder(root / member_config.run_id, member_config)
-        if finished is not None:
-            summaries[index] = finished
-        else:
-            todo.append(index)
-    if todo:
-        device = resolve_device(configs[0].device)
-        raw = load_dataset(configs[0].dataset, Path(data_dir) if data_dir else default_data_dir(), download)
-        members = []
-        for i in todo:
-            run_dir = root / configs[i].run_id
-            members.append(Member(i, configs[i], run_dir, *open_run(configs[i], run_dir, raw, device)))
-        console = console or Console(stderr=True)
-        summaries.update(_train_members(members, device, strategy, console, quiet))
-    return [summaries[i] for i in range(len(configs))]
-
-
-def _train_members(members: list[Member], device: torch.device, strategy: PackStrategy, console: Console,
-                   quiet: bool) -> dict[int, dict[str, Any]]:
-    """The pack's epoch loop: all members train an epoch, then each is saved, or finished and let go."""
-    if strategy == PackStrategy.auto:  # a pack of one has nothing to batch
-        strategy = PackStrategy.vmap if device.type == "cuda" and len(members) > 1 else PackStrategy.loop
-    pack: LoopPack | VmapPack = (VmapPack if strategy == PackStrategy.vmap else LoopPack)(members)
-    if not quiet:
-        resumed = [f"seed {m.config.seed} after epoch {m.state.epoch}" for m in members if m.state.epoch]
-        console.print(f"packing {len(members)} runs ({strategy.value})"
-                      + (f"; resuming {', '.join(resumed)}" if resumed else ""), highlight=False)
-    summaries: dict[int, dict[str, Any]] = {}
-    with progress_bar(console, quiet) as progress:
-        while pack.members:
-            diverged = _pack_epoch(pack, progress)
-            staying = []
-            for m, m_diverged in zip(pack.members, diverged):
-                if not should_stop(m.config, m.state, m_diverged):
-                    save_progress(m.out, m.trainer, m.state)
-                    staying.append(m)
-                    continue
-                summaries[m.index] = finish_run(m.out, m.trainer, m.state, m_diverged, device)
-                if not quiet:
-                    console.print(f"seed {m.config.seed}: {summaries[m.index]['status']} at epoch {m.state.epoch}, "
-                                  f"best val {m.state.best_val_acc:.4f}", highlight=False)
-            if len(staying) < len(pack.members):
-                pack.set_members(staying)
-    return summaries
-
-
-def _pack_epoch(pack: LoopPack | VmapPack, progress: Progress | None) -> list[bool]:
-    """Train every member one epoch, evaluate, append each member's log row. Returns who diverged."""
-    for m in pack.members:
-        m.state.epoch += 1
-    task = None
-    if progress is not None:
-        epochs = "/".join(str(e) for e in sorted({m.state.epoch for m in pack.members}))
-        task = progress.add_task(f"epoch {epochs} ({len(pack.members)} runs)", total=pack.batches_per_epoch,
-                                 rate="")
-    start = time.perf_counter()
-    rewarded, loss = pack.run_epoch(None if task is None else lambda done, _: progress.update(task, completed=done))
-    rewarded_sums, loss_sums = rewarded.tolist(), loss.tolist()  # waits for the device
-    train_seconds = time.perf_counter() - start
-    val_acc, test_acc = (acc.tolist() for acc in pack.evaluate())
-    # The time columns are the pack's: each member's epoch took the pack's wall time.
-    epoch_seconds = time.perf_counter() - start
-    diverged = [record_epoch(m.trainer, m.state, rewarded=rewarded_sums[k], loss=loss_sums[k], val_acc=val_acc[k],
-                             test_acc=test_acc[k], train_seconds=train_seconds, epoch_seconds=epoch_seconds)
-                for k, m in enumerate(pack.members)]
-    if task is not None:
-        rows = [m.state.rows[-1] for m in pack.members]
-        progress.update(task, rate=f"mean reward {sum(r['train_reward'] for r in rows) / len(rows):.3f}  "
-                                   f"val {sum(r['val_acc'] for r in rows) / len(rows):.4f}  ({epoch_seconds:.1f}s)")
-        progress.stop_task(task)
-    return diverged
+    progress: RunProgress
 
 
 class LoopPack:
@@ -320,7 +204,7 @@ class VmapPack:
         tensors = self._tensors()
         q, activities = self._forward(tensors, x, noise)
         # The exploration draws come after the dropout draws, as in qagrel_step.
-        action = select_actions(q, self.config.epsilon, self._generators())
+        action = select_action_per_member(q, self.config.epsilon, self._generators())
         changes, rewarded, loss = self._qagrel_learn(tensors, q, activities, action, labels, self.config.lr)
         apply_weight_changes(self.stacked, changes, self.config.feedback != Feedback.fixed)
         return BatchStats(rewarded=rewarded, loss=loss)
@@ -366,4 +250,4 @@ def _bp_loss_tuple(q: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return loss, stats.rewarded, stats.loss
 
 
-__all__ = ["PackStrategy", "parse_seeds", "train_pack", "Member", "LoopPack", "VmapPack"]
+__all__ = ["PackStrategy", "Member", "LoopPack", "VmapPack"]

@@ -15,7 +15,7 @@ so max_epochs is an upper bound, and the output says which was used.
 The executor choices it prices: one local worker (all cores to one run);
 `--workers N` (cores divided, timed again with that many threads, N runs at
 once); a seed pack of K (on CUDA one vmapped step of K members, timed; on a CPU
-the pack runs its members one after another, qagrel_cli/pack.py, so it costs
+the pack runs its members one after another, qagrel_cli/core/packs.py, so it costs
 what one worker does); and Ray, which is the `--workers` figure divided by the
 number of such machines.
 """
@@ -34,17 +34,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from qagrel_cli.config import Dataset, TrainConfig, dataset_family
-from qagrel_cli.data import Splits
-from qagrel_cli.engine import EVAL_BATCH, RunState, Trainer, resolve_device
-from qagrel_cli.table import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, TABLE1_FIELDS, RunRecord, paper_table, row_key
+from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, Dataset, TrainConfig
+from qagrel_cli.core.data import Splits, input_shape, num_classes
+from qagrel_cli.core.trainer import EVAL_BATCH, RunProgress, Trainer, resolve_device
+from qagrel_cli.reports.rows import TABLE1_FIELDS, row_key
+from qagrel_cli.reports.table import paper_table
+from qagrel_cli.sweeps.results import RunRecord
 
-# Training and test images per dataset, and their classes (the files hold exactly these).
-DATASET_SIZES: dict[Dataset, tuple[int, int, int]] = {
-    Dataset.mnist: (60000, 10000, 10), Dataset.fashion_mnist: (60000, 10000, 10),
-    Dataset.cifar10: (50000, 10000, 10), Dataset.cifar100: (50000, 10000, 100),
+# Training and test images per dataset (the files hold exactly these).
+DATASET_SIZES: dict[Dataset, tuple[int, int]] = {
+    Dataset.mnist: (60000, 10000), Dataset.fashion_mnist: (60000, 10000),
+    Dataset.cifar10: (50000, 10000), Dataset.cifar100: (50000, 10000),
 }
-IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 # The settings that decide what one step costs; runs that share them share a calibration.
 STEP_FIELDS = ("dataset", "arch", "fc", "rule", "optimizer", "batch_size", "device")
 # Timing: a few warm-up calls (lazy allocations, kernel selection, the first touch of fresh memory), then
@@ -109,8 +110,8 @@ def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pa
     workers = workers if workers and workers > 1 else max(1, cores)
     groups: dict[tuple, list[TrainConfig]] = {}
     for config in configs:
-        resolved = config.resolved().to_dict()
-        groups.setdefault(tuple(str(resolved[f]) for f in STEP_FIELDS), []).append(config.resolved())
+        resolved = config.to_dict()
+        groups.setdefault(tuple(str(resolved[f]) for f in STEP_FIELDS), []).append(config)
     threads = torch.get_num_threads()
     networks = []
     try:
@@ -124,7 +125,7 @@ def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pa
             torch.set_num_threads(threads)
             packed = calibrate_pack(first, device, pack) if pack > 1 and device.type == "cuda" else None
             if pack > 1 and device.type != "cuda":
-                packed = alone  # a CPU pack trains its members one after another (pack.py's loop strategy)
+                packed = alone  # a CPU pack trains its members one after another (core/packs.py's loop strategy)
             epochs = [expected_epochs(c) for c in runs]
             sources = sorted({source for _, source in epochs})
             mean_epochs = sum(e for e, _ in epochs) / len(epochs)
@@ -136,13 +137,13 @@ def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pa
                                     sum(run_seconds(c, packed, e) for c, (e, _) in zip(runs, epochs)) / len(runs))))
     finally:
         torch.set_num_threads(threads)
-    device = str(resolve_device(configs[0].resolved().device)) if configs else "cpu"
+    device = str(resolve_device(configs[0].device)) if configs else "cpu"
     return SweepEstimate(networks, workers, pack, device, threads)
 
 
 def expected_epochs(config: TrainConfig) -> tuple[float, str]:
     """Table 1's mean epochs for this run's row, capped at max_epochs; else max_epochs. With where it came from."""
-    record = RunRecord(Path(), config.resolved(), None)
+    record = RunRecord(Path(), config, None)
     key = row_key(record, list(TABLE1_FIELDS))
     for paper in paper_table():
         p = paper.key
@@ -156,7 +157,7 @@ def expected_epochs(config: TrainConfig) -> tuple[float, str]:
 
 def run_seconds(config: TrainConfig, cost: Cost, epochs: float) -> float:
     """One run's expected seconds: every epoch trains on its batches and evaluates validation and test sets."""
-    n_train_all, n_test, _ = DATASET_SIZES[config.dataset]
+    n_train_all, n_test = DATASET_SIZES[config.dataset]
     n_train = config.train_size or (n_train_all - config.val_size)
     per_epoch = math.ceil(n_train / config.batch_size) * cost.step + (config.val_size + n_test) * cost.eval_image
     return epochs * per_epoch
@@ -164,9 +165,9 @@ def run_seconds(config: TrainConfig, cost: Cost, epochs: float) -> float:
 
 def fake_splits(config: TrainConfig, n: int, device: torch.device, seed: int = 0) -> Splits:
     """Random uint8 images and labels of the config's dataset shape, n of each split, on `device`."""
-    _, _, classes = DATASET_SIZES[config.dataset]
+    classes = num_classes(config.dataset)
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, *IMAGE_SHAPES[dataset_family(config.dataset)]), generator=g,
+    images = torch.randint(0, 256, (n, *input_shape(config.dataset)), generator=g,
                            dtype=torch.uint8).to(device)
     labels = torch.randint(0, classes, (n,), generator=g).to(device)
     return Splits(images, labels, images, labels, images, labels, num_classes=classes)
@@ -185,13 +186,13 @@ def calibrate(config: TrainConfig, device: torch.device) -> Cost:
 
 
 def calibrate_pack(config: TrainConfig, device: torch.device, k: int) -> Cost:
-    """Per-member cost in a vmapped pack of k (qagrel_cli/pack.py's CUDA strategy)."""
-    from qagrel_cli.pack import Member, VmapPack
+    """Per-member cost in a vmapped pack of k (qagrel_cli/core/packs.py's CUDA strategy)."""
+    from qagrel_cli.core.packs import Member, VmapPack
 
     n = max(config.batch_size, EVAL_IMAGES)
     members = [Member(s, dataclasses.replace(config, seed=s), Path("."),
                       Trainer(dataclasses.replace(config, seed=s), fake_splits(config, n, device, s), device),
-                      RunState()) for s in range(k)]
+                      RunProgress()) for s in range(k)]
     pack = VmapPack(members)
     x = pack.scale(pack.train_x[:, :config.batch_size])
     y = pack.train_y[:, :config.batch_size]

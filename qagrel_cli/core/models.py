@@ -10,14 +10,15 @@ logits for BP). No biases: the paper's equations have none.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qagrel_cli.config import Arch
-from qagrel_cli.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, LocallyConnected2d
+from qagrel_cli.core.config import Arch
+from qagrel_cli.core.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, LocallyConnected2d
 
 CONV_CHANNELS = 32
 CONV_DROPOUT = 0.8  # after the strided conv layer
@@ -145,3 +146,14 @@ def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, 
         n_in = units
     layers.append(FeedbackLinear(n_in, num_classes))
     return QNetwork(layers, dropout)
+
+
+@functools.lru_cache(maxsize=None)
+def hidden_units(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, int]) -> str:
+    """Table 1's 'hidden units' of a network, e.g. '21632-5408-500', without training it.
+
+    The network is built on the meta device (shapes only, nothing allocated) and
+    its layer sizes read off, as `QNetwork.hidden_units` does for a real one.
+    """
+    with torch.device("meta"):
+        return build_network(Arch(arch), tuple(fc), input_shape, num_classes=10).hidden_units(input_shape)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from qagrel_cli.config import Dataset, InputScaling, QagrelError
+from qagrel_cli.core.config import Dataset, InputScaling, QagrelError, dataset_family
 
 # Where the Debian package `dataset-fashion-mnist` puts the four gzipped IDX
 # files. A module constant so tests can point it elsewhere.
@@ -46,11 +46,24 @@ _CIFAR_META = {Dataset.cifar10: ("batches.meta", "label_names"), Dataset.cifar10
 _CIFAR_LABEL_KEY = {Dataset.cifar10: "labels", Dataset.cifar100: "fine_labels"}
 _NUM_CLASSES = {Dataset.mnist: 10, Dataset.fashion_mnist: 10, Dataset.cifar10: 10, Dataset.cifar100: 100}
 
+_INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
+
+
+def input_shape(dataset: Dataset) -> tuple[int, int, int]:
+    """The shape (C, H, W) of one image of `dataset`."""
+    return _INPUT_SHAPES[dataset_family(Dataset(dataset))]
+
+
+def num_classes(dataset: Dataset) -> int:
+    """How many classes `dataset` has (CIFAR-100: its 100 fine labels)."""
+    return _NUM_CLASSES[Dataset(dataset)]
+
+
 _POINT_HINT = "point --data-dir / QAGREL_DATA at a folder that holds {layout}"
 
 
 def default_data_dir() -> Path:
-    """The data folder: $QAGREL_DATA if set, else ./data."""
+    """The data folder when none is given: $QAGREL_DATA if set, else ./data (the one place that says so)."""
     env = os.environ.get("QAGREL_DATA")
     return Path(env).expanduser() if env else Path("./data")
 
@@ -127,15 +140,15 @@ class PixelScaling:
         return cls(torch.stack([s.mean[None] for s in scalings]), torch.stack([s.sd[None] for s in scalings]))
 
 
-def load_dataset(dataset: Dataset, data_dir: Path, download: bool = False) -> RawData:
-    """Load a whole dataset from `data_dir` (torchvision's layout) into CPU tensors.
+def load_dataset(dataset: Dataset, data_dir: Path | None = None, download: bool = False) -> RawData:
+    """Load a whole dataset from `data_dir` (torchvision's layout; default `default_data_dir()`) into CPU tensors.
 
     With `download=True`, missing files are fetched by torchvision first; files
     already present are never fetched again. Any failure to find, fetch or read
     the data raises a one-line `QagrelError` saying what to do.
     """
     dataset = Dataset(dataset)
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if dataset in _MNIST_CLASS:
         return _load_mnist_family(dataset, data_dir, download)
     return _load_cifar(dataset, data_dir, download)
@@ -371,4 +384,4 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-__all__ = ["RawData", "Splits", "PixelScaling", "default_data_dir", "load_dataset", "make_splits", "DEBIAN_FASHION_MNIST_DIR"]
+__all__ = ["RawData", "Splits", "PixelScaling", "input_shape", "num_classes", "default_data_dir", "load_dataset", "make_splits", "DEBIAN_FASHION_MNIST_DIR"]

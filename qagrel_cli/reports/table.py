@@ -1,10 +1,7 @@
 """Table 1 from run folders: grouping into rows, mean (SD) over seeds, the paper beside ours, four formats.
 
-A row is what Table 1 calls a row: dataset, rule, first layer, hidden units and
-learning rate alpha, read from each run's config and summary (never from its
-path). Any other setting that differs between the runs found (epsilon,
-train_size, ...) becomes an extra column, so runs with different settings are
-never averaged together.
+Rows are grouped as qagrel_cli/reports/rows.py says: Table 1's row, split into
+one line per protocol reading (or other setting) that differs between its runs.
 
 Statistics are taken over the seeds that converged, as in the paper, whose `*`
 marks rows where only some seeds did. "Converged" is recomputed here from each
@@ -30,7 +27,9 @@ from typing import Any, Iterable
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
-from qagrel_cli.config import CONFIG_FIELDS, Arch, QagrelError, TrainConfig, dataset_family
+from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, QagrelError
+from qagrel_cli.reports.rows import TABLE1_FIELDS, RowKey, format_setting, row_key, row_key_fields, table1_order
+from qagrel_cli.sweeps.results import RunRecord
 
 
 class EpochsAt(str, Enum):
@@ -52,109 +51,6 @@ class TableFormat(str, Enum):
 
 class Compare(str, Enum):
     paper = "paper"  # Table 1 of the paper, shipped as qagrel_cli/paper/table1.csv
-
-
-# Table 1's own names and order.
-DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
-RULE_NAMES = {"qagrel": "Q-AGREL", "bp": "Error-BP"}
-ARCH_NAMES = {"fc": "Full", "conv": "Conv", "loccon": "LocCon"}
-TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
-# Settings that never make a row of their own: the seed is what a row averages over.
-_NOT_ROW_FIELDS = frozenset({"seed", "device", "dataset", "rule", "arch", "fc", "lr"})
-
-
-# ------------------------------------------------------------------ rows
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run as found on disk (or planned by a sweep): its resolved config and summary (None if unfinished)."""
-
-    path: Path
-    config: TrainConfig
-    summary: dict[str, Any] | None
-
-    @property
-    def hidden_units(self) -> str:
-        """Table 1's hidden units, e.g. '21632-5408-500' (from the summary when there is one)."""
-        if self.summary and self.summary.get("hidden_units"):
-            return str(self.summary["hidden_units"])
-        return _hidden_units(self.config.arch.value, self.config.fc, dataset_family(self.config.dataset))
-
-
-@functools.lru_cache(maxsize=None)
-def _hidden_units(arch: str, fc: tuple[int, ...], family: str) -> str:
-    """Build the network on the meta device (shapes only, nothing allocated) and read its layer sizes."""
-    import torch  # here, not at the top: the CLI imports this module for its option enums
-
-    from qagrel_cli.models import build_network
-
-    shape = (1, 28, 28) if family == "mnist" else (3, 32, 32)
-    with torch.device("meta"):
-        return build_network(Arch(arch), fc, shape, num_classes=10).hidden_units(shape)
-
-
-@dataclass(frozen=True)
-class RowKey:
-    """What makes a Table 1 row: dataset, rule, first layer, hidden units, alpha, plus any other varying setting."""
-
-    dataset: str
-    rule: str
-    arch: str
-    hidden_units: str
-    lr: float
-    extras: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def sort_key(self) -> tuple:
-        """Table 1's order: dataset, first layer (Full, Conv, LocCon), rule (Q-AGREL first), depth."""
-        return (_index(DATASET_NAMES, self.dataset), _index(ARCH_NAMES, self.arch), _index(RULE_NAMES, self.rule),
-                self.hidden_units.count("-"), self.hidden_units, self.lr, json.dumps(self.extras, default=str))
-
-    def cells(self) -> list[str]:
-        """Display cells: Dataset, Rule, 1st layer, Hidden units, alpha, extras."""
-        return [DATASET_NAMES.get(self.dataset, self.dataset), RULE_NAMES.get(self.rule, self.rule),
-                ARCH_NAMES.get(self.arch, self.arch), self.hidden_units, format_alpha(self.lr),
-                *[format_setting(v) for _, v in self.extras]]
-
-
-def _index(order: dict[str, str], value: str) -> int:
-    return list(order).index(value) if value in order else len(order)
-
-
-def format_setting(value: Any) -> str:
-    """A config value (as in TrainConfig.to_dict) for a table cell: fc as 1000,500, None as -."""
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return "-" if value is None else str(value)
-
-
-def format_alpha(lr: float) -> str:
-    """The paper's style, 1e-03; falls back to %g when one digit would lose information."""
-    short = f"{lr:.0e}"
-    return short if math.isclose(float(short), lr) else f"{lr:g}"
-
-
-def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
-    """Table 1's row fields, plus every other setting that differs between runs of one Table 1 row.
-
-    A setting that only differs between rows (init_range is 0.05 for fc and
-    0.02 for conv by default) needs no column of its own.
-    """
-    values: dict[tuple[tuple, str], set[str]] = {}
-    for record in records:
-        config = record.config.to_dict()
-        table1 = (config["dataset"], config["rule"], config["arch"], record.hidden_units, config["lr"])
-        for name, value in config.items():
-            values.setdefault((table1, name), set()).add(json.dumps(value))
-    varying = {name for (_, name), seen in values.items() if len(seen) > 1}
-    return [*TABLE1_FIELDS, *[f for f in CONFIG_FIELDS if f in varying and f not in _NOT_ROW_FIELDS]]
-
-
-def row_key(record: RunRecord, fields: list[str]) -> RowKey:
-    """The row `record` belongs to, given the fields from `row_key_fields`."""
-    config = record.config.to_dict()
-    return RowKey(config["dataset"], config["rule"], config["arch"], record.hidden_units, float(config["lr"]),
-                  tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]))
 
 
 # ------------------------------------------------------------ statistics
@@ -297,7 +193,7 @@ def build_table(records: list[RunRecord], *, source: str = "", epochs_at: Epochs
 
 def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:
     """Recomputed from the summary with the engine's rule, at our threshold (the stored flag uses 2x chance)."""
-    from qagrel_cli.engine import converged  # imports torch: only when a table is built
+    from qagrel_cli.core.trainer import converged  # imports torch: only when a table is built
 
     best = summary.get("best_val_acc")
     if best is None or not math.isfinite(best):
@@ -323,7 +219,7 @@ def epoch_ratios(rows: list[Row], paper: list[PaperRow]) -> list[Ratio]:
         theirs = [[paper_epochs.get((dataset, arch, rule, h)) for h in common] for rule in ("qagrel", "bp")]
         ratio = None if None in theirs[0] + theirs[1] else statistics.fmean(theirs[0]) / statistics.fmean(theirs[1])
         ratios.append(Ratio(dataset, arch, extras, common, ours, ratio))
-    return sorted(ratios, key=lambda r: (_index(DATASET_NAMES, r.dataset), _index(ARCH_NAMES, r.arch),
+    return sorted(ratios, key=lambda r: (table1_order(DATASET_NAMES, r.dataset), table1_order(ARCH_NAMES, r.arch),
                                          json.dumps(r.extras, default=str)))
 
 
@@ -336,6 +232,11 @@ def paper_table() -> tuple[PaperRow, ...]:
                           Stat(float(r["accuracy_mean"]), float(r["accuracy_sd"]), int(r["seeds_converged"])),
                           int(r["seeds_converged"]), int(r["seeds"]))
                  for r in csv.DictReader(io.StringIO(text)))
+
+
+def paper_row(key: RowKey) -> PaperRow | None:
+    """The paper's Table 1 row for `key` (its extra settings ignored), if Table 1 has one."""
+    return {_paper_match(p.key): p for p in paper_table()}.get(_paper_match(key))
 
 
 def _paper_match(key: RowKey) -> tuple:
@@ -414,22 +315,24 @@ def rich_view(table: ResultTable) -> RenderableType:
     return Group(view, ratios)
 
 
+def markdown_table(headers: list[str], cells: list[list[str]], numeric_from: int) -> list[str]:
+    """A GitHub-flavoured markdown table's lines; columns from `numeric_from` on are right-aligned."""
+    align = ["---:" if i >= numeric_from else "---" for i in range(len(headers))]
+    return ["| " + " | ".join(line) + " |" for line in [headers, align, *cells]]
+
+
 def to_markdown(table: ResultTable) -> str:
     """GitHub-flavoured markdown: the table, the definitions as a list, then the epoch ratios."""
-    def md_table(headers: list[str], cells: list[list[str]], numeric_from: int) -> list[str]:
-        align = ["---:" if i >= numeric_from else "---" for i in range(len(headers))]
-        return ["| " + " | ".join(line) + " |" for line in [headers, align, *cells]]
-
     headers, cells = _grid(table)
     # A bare `*` could start emphasis in markdown; escape it everywhere.
     cells = [[c.replace("*", r"\*") for c in line] for line in cells]
     numeric = _numeric_from(table)
     lines = [f"Table 1 layout: `{table.source}`", ""] if table.source else []
-    lines += md_table(headers, cells, numeric) + [""]
+    lines += markdown_table(headers, cells, numeric) + [""]
     lines += ["- " + note.replace("*", r"\*") for note in table.notes()]
     if table.ratios:
         ratio_headers, ratio_cells = _ratio_grid(table)
-        lines += ["", "Q-AGREL / Error-BP epochs:", ""] + md_table(ratio_headers, ratio_cells, len(ratio_headers) - 2)
+        lines += ["", "Q-AGREL / Error-BP epochs:", ""] + markdown_table(ratio_headers, ratio_cells, len(ratio_headers) - 2)
     return "\n".join(lines) + "\n"
 
 
@@ -508,7 +411,6 @@ def render(table: ResultTable, fmt: TableFormat, width: int = 160) -> str:
     return {TableFormat.markdown: to_markdown, TableFormat.latex: to_latex, TableFormat.csv: to_csv}[fmt](table)
 
 
-__all__ = ["RunRecord", "RowKey", "Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt",
-           "TableFormat", "Compare", "build_table", "is_converged", "epoch_ratios", "paper_table", "row_key",
-           "row_key_fields", "format_alpha", "format_setting", "render", "rich_view", "to_markdown", "to_latex",
+__all__ = ["Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt", "TableFormat", "Compare",
+           "build_table", "is_converged", "epoch_ratios", "paper_table", "paper_row", "markdown_table", "render", "rich_view", "to_markdown", "to_latex",
            "to_csv"]

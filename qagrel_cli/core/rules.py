@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from qagrel_cli.models import QNetwork
+from qagrel_cli.core.models import QNetwork
 
 
 @dataclass
@@ -31,10 +31,11 @@ class BatchStats:
 
 def select_action(q: torch.Tensor, epsilon: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Eq. (5), max-Boltzmann: argmax_l q_l with probability 1 - epsilon, else a draw from softmax(q)."""
-    return select_actions(q[None], epsilon, [generator])[0]
+    return select_action_per_member(q[None], epsilon, [generator])[0]
 
 
-def select_actions(q: torch.Tensor, epsilon: float, generators: list[torch.Generator | None]) -> torch.Tensor:
+def select_action_per_member(q: torch.Tensor, epsilon: float, generators: list[torch.Generator | None]
+                             ) -> torch.Tensor:
     """Eq. (5) for K networks at once: q is (K, B, classes); network k draws from `generators[k]`.
 
     Only the draws are made network by network (each from its own stream, in

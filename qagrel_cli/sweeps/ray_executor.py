@@ -5,11 +5,11 @@ Workers need no shared file system for results. The driver:
 - takes each run's lock (claim_runs, as a local worker does) and holds it for
   as long as the run's task is out, so `qagrel status` shows the run as
   running and a second sweep, local or Ray, leaves it alone;
-- ships the run's `_config.yaml` and, for a partial run, its `_checkpoint.pt`
-  to the task as bytes;
+- ships a partial run's `_config.yaml` and `_checkpoint.pt` to the task as
+  bytes (a new run ships nothing: the engine writes its config);
 - writes what the task streams back with write_run_files, in the engine's
-  order: after every epoch the checkpoint and the log, at the end the log and
-  the summary (and the checkpoint goes).
+  order: after every epoch the config, the checkpoint and the log, at the end
+  the config, the log and the summary (and the checkpoint goes).
 
 The task (a Ray generator task asking for `cpus_per_run` CPUs and
 `gpus_per_run` GPUs, fractions allowed) writes the shipped files into a
@@ -46,15 +46,19 @@ from typing import Any, Iterator, Sequence
 
 from rich.console import Console
 
-from qagrel_cli.config import QagrelError, TrainConfig
-from qagrel_cli.jobs import Job, SweepProgress, error_text, read_run_files, train_job, write_run_files
-from qagrel_cli.runs import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE
-from qagrel_cli.sweep import (EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, release_run,
-                              write_error)
+from qagrel_cli.core.config import QagrelError, TrainConfig
+from qagrel_cli.core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE, atomic_write, epochs_saved,
+                                       is_finished)
+from qagrel_cli.sweeps.jobs import Job, error_text, train_job
+from qagrel_cli.sweeps.ledger import (EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, release_run,
+                                      write_error)
+from qagrel_cli.sweeps.progress import SweepProgress
 
 RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install 'qagrel[ray]' "
                "(in a checkout: pip install -e '.[ray]')")
 CONNECT_TIMEOUT_SECONDS = 10.0
+# The engine's write order (save_progress, finish_run): the summary says "finished", so it comes last.
+SHIPPED_FILES = (CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE, SUMMARY_FILE)
 # How often a task looks for new epochs in its scratch folders (an epoch takes seconds at least).
 POLL_SECONDS = 0.2
 
@@ -86,6 +90,28 @@ def import_ray() -> Any:
     except ImportError:
         raise QagrelError(RAY_MISSING) from None
     return ray
+
+
+# ------------------------------------------------------------ run files
+
+def read_run_files(run_dir: Path, names: Sequence[str] = SHIPPED_FILES) -> dict[str, bytes]:
+    """The files among `names` that the run folder holds, as bytes."""
+    files = {}
+    for name in names:
+        try:
+            files[name] = (run_dir / name).read_bytes()
+        except FileNotFoundError:
+            pass
+    return files
+
+
+def write_run_files(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Write shipped run files atomically, in the engine's order; a summary ends the run, so the checkpoint goes."""
+    for name in SHIPPED_FILES:
+        if name in files:
+            atomic_write(run_dir / name, lambda tmp, data=files[name]: tmp.write_bytes(data))
+    if SUMMARY_FILE in files:
+        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ driver
@@ -245,7 +271,7 @@ class _Driver:
         cause = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         if flight.attempt <= self.options.retries:
             flight.attempt += 1
-            where = ", ".join(f"{run_id} after epoch {_epochs_saved(self.root / run_id)}" for run_id in flight.fds)
+            where = ", ".join(f"{run_id} after epoch {epochs_saved(self.root / run_id)}" for run_id in flight.fds)
             self.progress.note(f"[yellow]worker lost[/] ({cause}); attempt {flight.attempt} of "
                                f"{self.options.retries + 1}: {where}")
             self._send(flight)
@@ -265,14 +291,6 @@ class _Driver:
     def _report(self, code: int, run_id: str) -> None:
         line = record_outcome(code, self.root / run_id, run_id, self.outcome)
         self.progress.ran(line, self._running(), self.pending)
-
-
-def _epochs_saved(run_dir: Path) -> int:
-    """Epochs in the run's log (the checkpoint beside it is from the same epoch)."""
-    import pyarrow.parquet as pq
-
-    log = run_dir / LOG_FILE
-    return pq.read_metadata(log).num_rows if log.exists() else 0
 
 
 # ------------------------------------------------------------ worker side
@@ -341,9 +359,9 @@ class _Watcher:
         """A Shipment per run that finished, or that saved an epoch, since the last poll."""
         for run_id in list(self.unfinished):
             run_dir = self.root / run_id
-            if (run_dir / SUMMARY_FILE).exists():  # written after the final log
+            if is_finished(run_dir):  # written after the final log
                 self.unfinished.remove(run_id)
-                yield Shipment(run_id, read_run_files(run_dir, (LOG_FILE, SUMMARY_FILE)))
+                yield Shipment(run_id, read_run_files(run_dir, (CONFIG_FILE, LOG_FILE, SUMMARY_FILE)))
                 continue
             stamp = self._stamp(run_id)
             if stamp is not None and stamp != self.seen[run_id]:
@@ -359,8 +377,8 @@ def _epoch_snapshot(run_dir: Path, tries: int = 5) -> dict[str, bytes] | None:
     import torch
 
     for _ in range(tries):
-        files = read_run_files(run_dir, (CHECKPOINT_FILE, LOG_FILE))
-        if len(files) < 2:  # just finished: the checkpoint is gone, the summary comes next poll
+        files = read_run_files(run_dir, (CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE))
+        if len(files) < 3:  # just finished: the checkpoint is gone, the summary comes next poll
             return None
         epoch = torch.load(io.BytesIO(files[CHECKPOINT_FILE]), map_location="cpu", weights_only=True)["state"]["epoch"]
         if pq.read_metadata(io.BytesIO(files[LOG_FILE])).num_rows == epoch:

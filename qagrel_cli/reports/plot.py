@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
-from qagrel_cli.config import CONFIG_FIELDS, Arch, Dataset, QagrelError, Rule, parse_fc
-from qagrel_cli.runs import atomic_write, find_run_dirs, is_run_dir, read_config, read_log, read_summary
+from qagrel_cli.core import run_folder
+from qagrel_cli.core.config import CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError, Rule, parse_fc
+from qagrel_cli.sweeps.results import RunRecord, read_results
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn (it is slow to import)
     from matplotlib.axes import Axes
@@ -55,8 +56,7 @@ class PlotFormat(str, Enum):
 METRIC_COLUMN = {Metric.train: "train_reward", Metric.val: "val_acc", Metric.test: "test_acc"}
 METRIC_LABEL = {Metric.train: "P(reward) or 1 − error (train)", Metric.val: "validation accuracy",
                 Metric.test: "test accuracy"}
-RULE_LABEL = {Rule.qagrel.value: "Q-AGREL", Rule.bp.value: "Error-BP"}
-DATASET_LABEL = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+FIGURES_FOLDER = "_figures"  # beside the runs plotted; '_' keeps it out of pd.read_parquet(<results folder>)
 # Q-AGREL curves in blues/greens, BP in oranges/reds, as far as the variants of a rule go.
 _COLORS = {Rule.qagrel.value: ("#1f77b4", "#2ca02c", "#17becf", "#9467bd"),
            Rule.bp.value: ("#ff7f0e", "#d62728", "#8c564b", "#e377c2")}
@@ -79,22 +79,23 @@ class Plotted:
 
 @dataclass(frozen=True)
 class _Run:
-    config: dict[str, Any]
+    """A finished run to plot: its config (as plain values) and epoch log."""
+
+    record: RunRecord
     log: pd.DataFrame
 
     @property
+    def config(self) -> dict[str, Any]:
+        return self.record.config.to_dict()
+
+    @property
     def fc(self) -> tuple[int, ...]:
-        fc = self.config.get("fc")
-        if fc is None and "fc" in self.log:
-            fc = self.log["fc"].iloc[0]
-        return parse_fc(fc) or ()
+        return self.record.config.fc
 
     @property
     def hidden_units(self) -> str:
-        """Table 1's 'hidden units' (e.g. 28800-7200-500) when the engine logged it, else the fc sizes."""
-        if "hidden_units" in self.log and pd.notna(self.log["hidden_units"].iloc[0]):
-            return str(self.log["hidden_units"].iloc[0])
-        return "-".join(str(s) for s in self.fc)
+        """Table 1's 'hidden units', e.g. 28800-7200-500."""
+        return self.record.hidden_units
 
     def curve(self, column: str) -> pd.Series:
         """`column` indexed by epoch (a resumed run may log an epoch twice: its last value counts)."""
@@ -107,29 +108,33 @@ def plot(path: Path, out: Path | None = None, *, metric: Metric = Metric.train,
          datasets: Sequence[Dataset] = (), archs: Sequence[Arch] = (), fcs: Sequence[str] = ()) -> Plotted:
     """Plot one run folder's learning curves, or Figure 3 over every run below `path`.
 
-    `out` is a folder (default `figures/`) or a file name ending in .png, .pdf or .svg.
+    `out` is a folder or a file name ending in .png, .pdf or .svg; by default the figure goes beside
+    the runs, into `_figures/` of the folder plotted (of the folder holding it, for one run folder),
+    named after that folder (`<folder>_figure3.png`) or the run id (`<run id>.png`).
     `metric`, `after_stop` and the filters (`datasets`, `archs`, `fcs`: hidden sizes like '1000,500'
     or Table 1's '28800-7200-1000-500') apply to Figure 3 only.
     """
     path = Path(path)
     if not path.exists():
         raise QagrelError(f"{path} does not exist")
-    if is_run_dir(path):
-        out_file, fmt = _output_file(out, path.resolve().name, fmt)
+    if run_folder.is_run_dir(path):
+        config = run_folder.read_config(path)
+        out_file, fmt = _output_file(out, path.resolve().parent / FIGURES_FOLDER, config.run_id, fmt)
         return plot_run(path, out_file, fmt)
-    runs, notes = _finished_runs(path)
+    runs, notes, warnings = _finished_runs(path)
     runs = _select(runs, path, datasets, archs, fcs)
     rules = {str(r.config["rule"]) for r in runs}
     if len(rules) < 2:
-        only = RULE_LABEL.get(next(iter(rules)), next(iter(rules)))
+        only = RULE_NAMES.get(next(iter(rules)), next(iter(rules)))
         raise QagrelError(f"{path} holds finished runs of only one rule ({only}); Figure 3 compares Q-AGREL "
                           "with Error-BP, so add runs of the other rule (or plot a single run folder)")
     name_parts = [path.resolve().name, "figure3"]
     name_parts += [] if metric == Metric.train else [metric.value]
     name_parts += [a.value for a in archs] + [d.value for d in datasets] + [f.replace(",", "-") for f in fcs]
     name_parts += ["drop"] if after_stop == AfterStop.drop else []
-    out_file, fmt = _output_file(out, "_".join(name_parts), fmt)
-    return plot_figure3(runs, out_file, fmt, metric=metric, after_stop=after_stop, notes=notes)
+    out_file, fmt = _output_file(out, path / FIGURES_FOLDER, "_".join(name_parts), fmt)
+    plotted = plot_figure3(runs, out_file, fmt, metric=metric, after_stop=after_stop, notes=notes)
+    return Plotted(plotted.figure, plotted.csv, [*plotted.notes, *warnings])
 
 
 def aggregate(curves: Sequence[pd.Series], after_stop: AfterStop = AfterStop.hold) -> pd.DataFrame:
@@ -182,8 +187,8 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
 
 def plot_run(run_dir: Path, out_file: Path, fmt: PlotFormat) -> Plotted:
     """One run's train reward rate (or BP train accuracy), validation and test accuracy per epoch, best-val marked."""
-    config, summary = read_config(run_dir), read_summary(run_dir)
-    run = _Run(config, read_log(run_dir))
+    record = RunRecord(run_dir, run_folder.read_config(run_dir), run_folder.read_summary(run_dir))
+    run, summary, config = _Run(record, run_folder.read_log(run_dir)), record.summary, record.config.to_dict()
     if run.log.empty:
         raise QagrelError(f"{run_dir} has no finished epoch yet; nothing to plot")
     curves = {c: run.curve(c) for c in ("train_reward", "val_acc", "test_acc")}
@@ -208,38 +213,44 @@ def plot_run(run_dir: Path, out_file: Path, fmt: PlotFormat) -> Plotted:
         ax.plot([best], [best_val], marker="o", markersize=8, markerfacecolor="none", color="black")
     _style_axes(ax)
     ax.set_ylabel("fraction")
-    logged_id = run.log["run_id"].iloc[0] if "run_id" in run.log else None
-    ax.set_title(str(config.get("run_id") or logged_id or run_dir.name), fontsize="medium")
+    ax.set_title(record.config.run_id, fontsize="medium")
     last = int(table["epoch"].iloc[-1])
     status = ("still running" if summary is None else
               "diverged" if summary.get("diverged") else "finished")
-    fig.supxlabel(f"{RULE_LABEL.get(config.get('rule'), config.get('rule'))}, {status} after epoch {last}. "
+    fig.supxlabel(f"{RULE_NAMES.get(config.get('rule'), config.get('rule'))}, {status} after epoch {last}. "
                   "Circle: best validation accuracy (the epoch the model is kept from).", fontsize="small")
     return _save(fig, table, out_file, fmt, [])
 
 
-def _finished_runs(root: Path) -> tuple[list[_Run], list[str]]:
-    """The finished, non-diverged runs below `root`, and a note for each kind left out."""
-    run_dirs = find_run_dirs(root)
-    if not run_dirs:
+def _finished_runs(root: Path) -> tuple[list[_Run], list[str], list[str]]:
+    """The finished, non-diverged runs below `root`, a caption note for each kind left out, and a warning
+    naming each damaged file."""
+    results = read_results(root)
+    if not results.runs and not results.damaged:
         raise QagrelError(f"no runs in {root} (no run folder with a _config.yaml at or below it)")
     runs, left_out = [], defaultdict(int)
-    for run_dir in run_dirs:
-        summary = read_summary(run_dir)
-        if summary is None:
+    for record in results.runs:
+        if record.summary is None:
             left_out["unfinished"] += 1  # its curve would end at wherever training happens to be now
-        elif summary.get("diverged"):
+        elif record.summary.get("diverged"):
             left_out["diverged"] += 1  # non-finite values would poison the mean
+        elif not record.log_readable:
+            left_out["damaged"] += 1
         else:
-            log = read_log(run_dir)
+            try:
+                log = run_folder.read_log(record.path)
+            except run_folder.DamagedFile:  # damaged since read_results looked at it
+                left_out["damaged"] += 1
+                continue
             if log.empty:
                 left_out["empty"] += 1
             else:
-                runs.append(_Run(read_config(run_dir), log))
-    notes = [f"{n} {kind} run{'s' if n > 1 else ''} not shown." for kind, n in left_out.items()]
+                runs.append(_Run(record, log))
+    left_out["damaged"] += sum(1 for d in results.damaged if d.file.name != run_folder.LOG_FILE)
+    notes = [f"{n} {kind} run{'s' if n > 1 else ''} not shown." for kind, n in left_out.items() if n]
     if not runs:
-        raise QagrelError(f"no finished runs in {root} ({', '.join(f'{n} {k}' for k, n in left_out.items())})")
-    return runs, notes
+        raise QagrelError(f"no finished runs in {root} ({', '.join(f'{n} {k}' for k, n in left_out.items() if n)})")
+    return runs, notes, results.warnings()
 
 
 def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Sequence[Arch],
@@ -259,7 +270,7 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
     """Mean line and +/- 2 SD band per rule (and variant) on `ax`; returns the plotted numbers."""
     first = runs[0]
     dataset, arch = str(first.config["dataset"]), str(first.config["arch"])
-    ax.set_title(f"{DATASET_LABEL.get(dataset, dataset)}\n{arch} {first.hidden_units}", fontsize="medium")
+    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}\n{arch} {first.hidden_units}", fontsize="medium")
     by_rule: dict[str, list[_Run]] = defaultdict(list)
     for run in runs:
         by_rule[str(run.config["rule"])].append(run)
@@ -268,7 +279,7 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
         for k, (variant, group) in enumerate(_variants(by_rule[rule]).items()):
             stats = aggregate([r.curve(column) for r in group], after_stop)
             color = _COLORS.get(rule, ("#7f7f7f",))[k % 4]
-            label = f"{RULE_LABEL.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
+            label = f"{RULE_NAMES.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
             ax.plot(stats["epoch"], stats["mean"], color=color, label=label)
             ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.25, linewidth=0)
             tables.append(stats.assign(panel=f"{dataset}-{arch}-{'-'.join(map(str, first.fc))}", dataset=dataset,
@@ -293,7 +304,8 @@ def _order(enum: type[Enum], value: str) -> tuple[int, str]:
     return (values.index(value) if value in values else len(values), value)
 
 
-def _output_file(out: Path | None, default_stem: str, fmt: PlotFormat | None) -> tuple[Path, PlotFormat]:
+def _output_file(out: Path | None, default_folder: Path, default_stem: str, fmt: PlotFormat | None
+                 ) -> tuple[Path, PlotFormat]:
     """Resolve `--out` (a folder, or a file whose extension gives the format) and `--format`."""
     suffix = out.suffix.lower().lstrip(".") if out is not None and not out.is_dir() else ""
     if suffix:
@@ -303,7 +315,7 @@ def _output_file(out: Path | None, default_stem: str, fmt: PlotFormat | None) ->
             raise QagrelError(f"--format {fmt.value} contradicts the extension of --out {out}")
         return out, PlotFormat(suffix)
     fmt = fmt or PlotFormat.png
-    return (out if out is not None else Path("figures")) / f"{default_stem}.{fmt.value}", fmt
+    return (out if out is not None else default_folder) / f"{default_stem}.{fmt.value}", fmt
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:
@@ -324,8 +336,11 @@ def _style_axes(ax: Axes) -> None:
 def _save(fig: Figure, table: pd.DataFrame, out_file: Path, fmt: PlotFormat, notes: list[str]) -> Plotted:
     """Write the figure and its numbers (same name, .csv) atomically."""
     csv = out_file.with_suffix(".csv")
-    atomic_write(out_file, lambda tmp: fig.savefig(tmp, format=fmt.value))
-    atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
+    try:
+        run_folder.atomic_write(out_file, lambda tmp: fig.savefig(tmp, format=fmt.value))
+        run_folder.atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
+    except OSError as err:
+        raise QagrelError(f"cannot write {out_file}: {err.strerror or err}") from None
     return Plotted(out_file, csv, notes)
 
 

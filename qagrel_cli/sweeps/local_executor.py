@@ -23,11 +23,12 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from qagrel_cli.config import TrainConfig
-from qagrel_cli.jobs import Job, SweepProgress, error_text, train_job
-from qagrel_cli.runs import SUMMARY_FILE
-from qagrel_cli.sweep import (EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, release_run,
-                              write_error)
+from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.core.run_folder import is_finished
+from qagrel_cli.sweeps.jobs import Job, error_text, train_job
+from qagrel_cli.sweeps.ledger import (EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, release_run,
+                                      write_error)
+from qagrel_cli.sweeps.progress import SweepProgress
 
 
 @dataclass
@@ -109,7 +110,7 @@ def execute(root: Path, jobs: list[Job], workers: int, data_dir: Path, download:
 
 def _died(run_dir: Path, exitcode: int | None) -> int:
     """The code of a run whose worker died without reporting: finished if its summary is there, else failed."""
-    if (run_dir / SUMMARY_FILE).exists():
+    if is_finished(run_dir):
         return EXIT_TRAINED
     how = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"code {exitcode}"
     write_error(run_dir, f"the worker process died ({how}) while training this run\n")
@@ -137,7 +138,7 @@ def _worker(configs: Sequence[TrainConfig], root: Path, data_dir: Path, download
             failure = error_text(err)
         for config in taken:
             run_dir, fd = root / config.run_id, claims.fds[config.run_id]
-            finished = (run_dir / SUMMARY_FILE).exists()  # a pack's members that finished before a failure did
+            finished = is_finished(run_dir)  # a pack's members that finished before a failure did
             if not finished:
                 write_error(run_dir, failure or "training ended without finishing this run\n", fd)
             release_run(run_dir, fd)

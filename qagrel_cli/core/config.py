@@ -8,8 +8,10 @@ in every sweep that contains it, so finished runs are never redone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping
@@ -59,6 +61,11 @@ class Init(str, Enum):
     uniform = "uniform"  # W ~ U[-r, r] with r = init_range (section 3: 0.02, fc 0.05)
     he = "he"  # He-uniform: W ~ U[-b, b], b = sqrt(6 / fan_in): the usual scale for ReLU networks
 
+
+# Table 1's names, in Table 1's order (tables, figures and estimates all print these).
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+RULE_NAMES = {"qagrel": "Q-AGREL", "bp": "Error-BP"}
+ARCH_NAMES = {"fc": "Full", "conv": "Conv", "loccon": "LocCon"}
 
 # Table 1's learning rates (alpha): (rule, arch, dataset family) -> lr.
 _PAPER_LR: dict[tuple[Rule, str, str], float] = {
@@ -122,7 +129,12 @@ def parse_fc(text: str | int | list | tuple | None) -> tuple[int, ...] | None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run. `None` means "the paper's default"."""
+    """Everything that determines a training run.
+
+    Built resolved: a field given as `None` takes the paper's default (fc sizes,
+    learning rate, init range) when the config is made, so every TrainConfig
+    holds the values the run uses. Combinations that make no sense are refused.
+    """
 
     dataset: Dataset = Dataset.mnist
     arch: Arch = Arch.conv
@@ -144,6 +156,26 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        if self.rule == Rule.qagrel and self.optimizer != Optimizer.sgd:
+            raise QagrelError("optimizer applies to rule bp only: Q-AGREL applies its four-factor update directly")
+        if self.init != Init.uniform and self.init_range is not None:
+            raise QagrelError(f"init_range applies to init uniform only: init {self.init.value} sets its own scale")
+        self._resolve()
+
+    @classmethod
+    def check_value(cls, name: str, value: Any) -> Any:
+        """Check one option's value on its own (as a sweep file lists it); returns it normalised."""
+        if name not in CONFIG_FIELDS:
+            raise QagrelError(f"unknown option {name!r}; known: {', '.join(CONFIG_FIELDS)}")
+        probe = object.__new__(cls)
+        for f in dataclasses.fields(cls):
+            object.__setattr__(probe, f.name, value if f.name == name else f.default)
+        probe._check_fields()
+        return getattr(probe, name)
+
+    def _check_fields(self) -> None:
+        """Each field's type and range, normalised in place (enums from strings, fc from text)."""
         for name, enum in (("dataset", Dataset), ("arch", Arch), ("rule", Rule),
                            ("optimizer", Optimizer), ("feedback", Feedback), ("init", Init),
                            ("input_scaling", InputScaling)):
@@ -171,17 +203,14 @@ class TrainConfig:
         if not isinstance(self.device, str):
             raise QagrelError(f"device must be a string like auto, cpu or cuda:0, got {self.device!r}")
 
-    def resolved(self) -> "TrainConfig":
+    def _resolve(self) -> None:
         """Fill every paper default (fc sizes, learning rate, init range; He init has no range)."""
-        init_range = self.init_range
-        if init_range is None and self.init == Init.uniform:
-            init_range = 0.05 if self.arch == Arch.fc else 0.02
-        return dataclasses.replace(
-            self,
-            fc=self.fc if self.fc is not None else DEFAULT_FC[self.arch],
-            lr=self.lr if self.lr is not None else paper_lr(self.rule, self.arch, self.dataset),
-            init_range=init_range,
-        )
+        if self.fc is None:
+            object.__setattr__(self, "fc", DEFAULT_FC[self.arch])
+        if self.lr is None:
+            object.__setattr__(self, "lr", paper_lr(self.rule, self.arch, self.dataset))
+        if self.init_range is None and self.init == Init.uniform:
+            object.__setattr__(self, "init_range", 0.05 if self.arch == Arch.fc else 0.02)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-friendly values (enums as strings, fc as a list)."""
@@ -209,16 +238,46 @@ class TrainConfig:
         """Hidden fc sizes joined by '_' (file-name safe), e.g. '1000_500'."""
         return "_".join(str(s) for s in (self.fc or ()))
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        """Readable, stable id: e.g. 'mnist-conv-500-qagrel-s3-1a2b3c4d'."""
-        cfg = self.resolved()
-        identity = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IDENTITY}
+        """Readable, stable id: e.g. 'mnist-conv-500-qagrel-s3-1a2b3c4d' (computed once per config)."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in _NOT_IDENTITY}
         for name in _IDENTITY_WHEN_NOT_DEFAULT:
-            if identity[name] == _DEFAULTS[name]:
+            if identity[name] == DEFAULTS[name]:
                 del identity[name]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{cfg.dataset.value}-{cfg.arch.value}-{cfg.fc_label}-{cfg.rule.value}-s{cfg.seed}-{digest}"
+        return f"{self.dataset.value}-{self.arch.value}-{self.fc_label}-{self.rule.value}-s{self.seed}-{digest}"
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """The one seed-list syntax: a count (`10` in YAML: seeds 0-9), a list of seeds, or text like
+    '0-9', '0,3,5' or '0-4,7' (what `--seeds` gets). Rejects negatives, reversed ranges and repeats."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise QagrelError(f"seeds: give a number of seeds >= 1 (10 = seeds 0-9), got {value!r}")
+        return list(range(value))
+    if isinstance(value, list) and value:
+        seeds = []
+        for seed in value:
+            _check_int("seed", seed, minimum=0)
+            seeds.append(seed)
+    elif isinstance(value, str) and value.strip():
+        seeds = []
+        for part in value.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            try:
+                first, last = int(lo), int(hi) if sep else int(lo)
+            except ValueError:
+                raise QagrelError(f"seeds must look like 0-9 or 0,3,5, got {value!r}") from None
+            if first < 0 or last < first:
+                raise QagrelError(f"seed range {part.strip()!r} must be ascending and non-negative")
+            seeds.extend(range(first, last + 1))
+    else:
+        raise QagrelError(f"seeds: give a number of seeds (10 = seeds 0-9), a list, or text like 0-9 or 0,3,5; "
+                          f"got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise QagrelError(f"seeds {value!r} name a seed twice")
+    return seeds
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -227,11 +286,12 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 def _check_positive_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise QagrelError(f"{name} must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise QagrelError(f"{name} must be a positive finite number, got {value!r}")
 
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
-_DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
+DEFAULTS: dict[str, Any] = TrainConfig().to_dict()  # every option's default (fc, lr, init_range: conv MNIST's)
 __all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
-           "CONFIG_FIELDS", "paper_lr", "parse_fc", "dataset_family", "DEFAULT_FC"]
+           "CONFIG_FIELDS", "DEFAULTS", "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "DEFAULT_FC", "DATASET_NAMES",
+           "RULE_NAMES", "ARCH_NAMES"]

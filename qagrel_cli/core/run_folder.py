@@ -1,0 +1,189 @@
+"""The run folder: what one training run leaves on disk, and how it is written.
+
+Layout of `<run-dir>/`:
+  _config.yaml    the TrainConfig (every default filled in)
+  log.parquet     one row per finished epoch (+ the config columns on every row)
+  _checkpoint.pt  weights, optimizer, RNG states, epoch, early-stopping state
+  _summary.json   written once, when the run ends (finished or diverged)
+  _error.txt      the error of a run that crashed (sweeps record it)
+
+Every file but the log starts with '_' because Arrow skips such files: that
+is what lets `pd.read_parquet("results/table1")` read every run's log at once.
+
+Every file is written to a temporary name and renamed into place, so a killed
+process leaves either the old file or the new one, never half of one, with the
+permissions the umask gives a new file (colleagues on a shared file system can
+read results). A run is finished exactly when _summary.json exists
+(`is_finished`).
+
+Files are read only through the readers here. A file that exists but cannot be
+read (half-copied, garbage, a full disk) raises `DamagedFile`, which names it,
+so that every view of a results folder can report it and go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import yaml
+
+from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError, TrainConfig
+
+CONFIG_FILE = "_config.yaml"
+LOG_FILE = "log.parquet"
+CHECKPOINT_FILE = "_checkpoint.pt"
+SUMMARY_FILE = "_summary.json"
+ERROR_FILE = "_error.txt"
+LOCK_FILE = "_lock"
+# Files the sweep's run ledger may put in a run's folder before training writes anything.
+LEDGER_FILES = frozenset({LOCK_FILE, ERROR_FILE})
+
+# The epoch-log columns, in order (alignment angles `angle_<layer>` follow when recorded).
+LOG_COLUMNS = ("epoch", "train_reward", "train_loss", "val_acc", "test_acc",
+               "epoch_seconds", "samples_per_second", "lr")
+
+
+class DamagedFile(QagrelError):
+    """A run file that exists but cannot be read; the message names it and says why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: unreadable ({reason})")
+        self.path, self.reason = Path(path), reason
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    The file gets the mode a plainly created file would (0666 less the umask):
+    mkstemp's private 0600 must not survive the rename.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_config(run_dir: Path, config: TrainConfig) -> None:
+    """The run's config (written once, when training starts)."""
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    """The TrainConfig the run folder was started with; DamagedFile if it cannot be read."""
+    path = run_dir / CONFIG_FILE
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise DamagedFile(path, _reason(err)) from None
+    if not isinstance(data, dict):
+        raise DamagedFile(path, f"not a mapping of options but {type(data).__name__}")
+    try:
+        return TrainConfig.from_dict({k: v for k, v in data.items() if k in CONFIG_FIELDS})
+    except QagrelError as err:
+        raise DamagedFile(path, str(err)) from None
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """The end-of-run record, as strict JSON: a number that is not finite is written as null."""
+    text = json.dumps(_finite_or_none(summary), indent=2, allow_nan=False)
+    atomic_write_text(run_dir / SUMMARY_FILE, text + "\n")
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary, or None while it is not finished; DamagedFile if it cannot be read."""
+    path = run_dir / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DamagedFile(path, _reason(err)) from None
+    if not isinstance(summary, dict) or not {"run_id", "stop_epoch"} <= summary.keys():
+        raise DamagedFile(path, "not a qagrel run summary")
+    return summary
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished exactly when its summary exists (the one test of it)."""
+    return (run_dir / SUMMARY_FILE).exists()
+
+
+def write_log(run_dir: Path, log: pd.DataFrame) -> None:
+    atomic_write(run_dir / LOG_FILE, lambda tmp: log.to_parquet(tmp, index=False))
+
+
+def read_log(run_dir: Path) -> pd.DataFrame:
+    """The epoch log (empty DataFrame when no epoch finished yet); DamagedFile if it cannot be read."""
+    path = run_dir / LOG_FILE
+    try:
+        # One open handle pins one inode: pyarrow given a path stats it and reopens
+        # it, and a writer's rename in between hands it a torn file.
+        with open(path, "rb") as fh:
+            return pd.read_parquet(fh)
+    except FileNotFoundError:
+        return pd.DataFrame(columns=list(LOG_COLUMNS))
+    except Exception as err:  # pyarrow raises its own ArrowInvalid, OSError and more for a torn file
+        raise DamagedFile(path, _reason(err)) from None
+
+
+def epochs_saved(run_dir: Path) -> int:
+    """Epochs in the run's log (0 when there is none yet, or it cannot be read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open(run_dir / LOG_FILE, "rb") as fh:
+            return pq.read_metadata(fh).num_rows
+    except Exception:  # missing, or torn: either way no epoch can be counted on
+        return 0
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file()
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every run folder at or below `root`, sorted."""
+    root = Path(root)
+    if is_run_dir(root):
+        return [root]
+    return sorted(p.parent for p in root.rglob(CONFIG_FILE) if not p.parent.name.startswith((".", "_")))
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

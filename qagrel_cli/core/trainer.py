@@ -1,0 +1,228 @@
+"""One run's network, rule, data and random streams, and what an epoch records.
+
+The Trainer trains over its data once per `run_epoch` and evaluates greedily;
+`record_epoch` appends an epoch's log row and keeps the early-stopping state in
+`RunProgress`. The loop that drives runs epoch by epoch, one run or a seed pack
+alike, is qagrel_cli/core/training.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from qagrel_cli.core.allocator import keep_freed_memory
+from qagrel_cli.core.config import Feedback, Optimizer, QagrelError, Rule, TrainConfig
+from qagrel_cli.core.data import PixelScaling, Splits
+from qagrel_cli.core.models import QNetwork, build_network
+from qagrel_cli.core.rules import BatchStats, alignment_angles, bp_step, qagrel_step
+
+EVAL_BATCH = 1000
+LIVE_UPDATES_PER_EPOCH = 10  # a live display reads device metrics this often, never per batch
+CONVERGED_RULE = "not diverged and best validation accuracy >= 2 x chance"
+
+
+def converged(best_val_acc: float, num_classes: int, diverged: bool, chance_multiple: float = 2.0) -> bool:
+    """A run converged when it did not diverge and its best validation accuracy is >= k x chance."""
+    return not diverged and best_val_acc >= chance_multiple / num_classes
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' -> CUDA if present, else MPS if present, else CPU; explicit devices are checked."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise QagrelError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise QagrelError(f"device {spec!r} is not available here (CUDA devices: {torch.cuda.device_count()})")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise QagrelError("device 'mps' is not available here")
+    return device
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """Independent 63-bit seeds per random stream (init, data order, trial draws) from one run seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
+
+
+@dataclass
+class RunProgress:
+    """Everything besides the network that a resumed run needs to continue exactly: the epoch, the
+    early-stopping state (best validation accuracy, its epoch and test accuracy, epochs since) and the log."""
+
+    epoch: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    test_acc_at_best: float = float("nan")
+    epochs_since_best: int = 0
+    wall_seconds: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """One run's network, rule, data and random streams; `run_epoch` trains over the data once."""
+
+    def __init__(self, config: TrainConfig, splits: Splits, device: torch.device) -> None:
+        self.config = config
+        self.splits, self.device = splits, device
+        if device.type == "cpu":
+            keep_freed_memory()  # process-wide: every step reuses the last step's memory (allocator.py)
+        self.net: QNetwork = build_network(config.arch, config.fc, splits.input_shape, splits.num_classes)
+        self.net.reset_weights(config.init_range, config.feedback == Feedback.symmetric,
+                               torch.Generator().manual_seed(stream_seed(config.seed, "init")))
+        self.net.to(device)
+        self.scale = PixelScaling.fit(config.input_scaling, splits.train_x)
+        self.hidden_units = self.net.hidden_units(splits.input_shape)
+        # Data order is drawn on the CPU so it is the same on every device; dropout and
+        # exploration draws happen where the data lives.
+        self.order_rng = torch.Generator().manual_seed(stream_seed(config.seed, "order"))
+        self.trial_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, "trials"))
+        self.optimizer: torch.optim.Optimizer | None = None
+        if config.rule == Rule.bp:
+            opt_class = torch.optim.Adam if config.optimizer == Optimizer.adam else torch.optim.SGD
+            self.optimizer = opt_class(self.net.parameters(), lr=config.lr)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.splits.train_x.shape[0] / self.config.batch_size)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> BatchStats:
+        """One weight update on a batch of trials."""
+        if self.optimizer is None:
+            return qagrel_step(self.net, x, y, self.config.lr, self.config.epsilon, self.trial_rng,
+                               learn_feedback=self.config.feedback != Feedback.fixed)
+        return bp_step(self.net, self.optimizer, x, y, self.trial_rng)
+
+    def run_epoch(self, on_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on every training sample once, in a fresh random order.
+
+        Returns the summed reward (or BP correct count) and loss as device
+        tensors; nothing here waits for the device. `on_batch(i, rewarded)` is
+        called a few times per epoch for a live display.
+        """
+        data = self.splits
+        self.net.train()
+        order = self.epoch_order()
+        return run_batches(order, self.config.batch_size,
+                           lambda idx: self.step(self.scale(data.train_x[idx]), data.train_y[idx]), on_batch)
+
+    def epoch_order(self) -> torch.Tensor:
+        """This epoch's random order of the training samples, on the device (drawn on the CPU)."""
+        return torch.randperm(self.splits.train_x.shape[0], generator=self.order_rng).to(self.device)
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Greedy (argmax) accuracy without dropout or exploration, as a device scalar."""
+        self.net.eval()
+        return greedy_accuracy(lambda images: self.net(images)[0], x, y, self.scale)
+
+    def weights_finite(self) -> torch.Tensor:
+        return torch.stack([torch.isfinite(layer.weight).all() for layer in self.net.layers]).all()
+
+    def state_dict(self, progress: RunProgress) -> dict[str, Any]:
+        return {
+            # Cloned: a packed run's weights are views into the pack's stacked tensors,
+            # and torch.save would write the whole stack.
+            "net": {name: t.detach().clone() for name, t in self.net.state_dict().items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "order_rng": self.order_rng.get_state(),
+            "trial_rng": self.trial_rng.get_state(),
+            "state": vars(progress),
+        }
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> RunProgress:
+        self.net.load_state_dict(checkpoint["net"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.order_rng.set_state(checkpoint["order_rng"])
+        self.trial_rng.set_state(checkpoint["trial_rng"])
+        return RunProgress(**checkpoint["state"])
+
+
+def run_batches(order: torch.Tensor, batch_size: int, step: Callable[[torch.Tensor], BatchStats],
+                on_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call `step(indices)` on consecutive batches of `order` (..., N); sum the stats it returns.
+
+    Leading dimensions of `order` (a seed pack's members) give one sum each.
+    """
+    n_batches = math.ceil(order.shape[-1] / batch_size)
+    rewarded = torch.zeros(order.shape[:-1], device=order.device)
+    loss = torch.zeros(order.shape[:-1], device=order.device)
+    live_every = max(1, n_batches // LIVE_UPDATES_PER_EPOCH)
+    for i in range(n_batches):
+        stats = step(order[..., i * batch_size:(i + 1) * batch_size])
+        rewarded += stats.rewarded
+        loss += stats.loss
+        if on_batch is not None and ((i + 1) % live_every == 0 or i + 1 == n_batches):
+            on_batch(i + 1, rewarded)
+    return rewarded, loss
+
+
+@torch.no_grad()
+def greedy_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    scale: PixelScaling) -> torch.Tensor:
+    """Fraction of images whose largest output is the label, as device tensor(s).
+
+    x is uint8 images (..., N, C, H, W) (the whole dataset stays uint8 on the
+    device), `scale` turns them into the network's input, and y is labels
+    (..., N); `forward` maps inputs to outputs (..., n, classes). Leading
+    dimensions (a seed pack's members) give one accuracy each.
+    """
+    n = x.shape[-4]
+    correct = torch.zeros(x.shape[:-4], device=x.device)
+    for start in range(0, n, EVAL_BATCH):
+        q = forward(scale(x[..., start:start + EVAL_BATCH, :, :, :]))
+        # Out of place: images shared by a pack (no leading dims) still give one count per member.
+        correct = correct + (q.argmax(dim=-1) == y[..., start:start + EVAL_BATCH]).sum(dim=-1)
+    return correct / n
+
+
+def record_epoch(trainer: Trainer, progress: RunProgress, *, rewarded: float, loss: float, val_acc: float,
+                 test_acc: float, train_seconds: float, epoch_seconds: float) -> bool:
+    """Append the epoch's log row and update early stopping. Returns True when the run diverged.
+
+    `rewarded` and `loss` are the epoch's sums over training trials.
+    """
+    config = trainer.config
+    n_train = trainer.splits.train_x.shape[0]
+    train_loss = loss / n_train
+    finite = math.isfinite(train_loss) and bool(trainer.weights_finite())
+    row = {
+        "epoch": progress.epoch,
+        "train_reward": rewarded / n_train,
+        "train_loss": train_loss,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "epoch_seconds": epoch_seconds,
+        "samples_per_second": n_train / train_seconds,
+        "lr": config.lr,
+    }
+    if config.feedback != Feedback.symmetric:
+        row.update({f"angle_{n}": a for n, a in enumerate(alignment_angles(trainer.net))})
+    progress.rows.append(row)
+    progress.wall_seconds += epoch_seconds
+    # A diverged epoch was still evaluated (a network with non-finite outputs picks class 0), so it can be
+    # the best only when no earlier epoch was better: the summary then reports what the log shows.
+    if row["val_acc"] > progress.best_val_acc:
+        progress.best_val_acc, progress.best_epoch = row["val_acc"], progress.epoch
+        progress.test_acc_at_best = row["test_acc"]
+        progress.epochs_since_best = 0
+    else:
+        progress.epochs_since_best += 1
+    return not finite
+
+
+def should_stop(config: TrainConfig, progress: RunProgress, diverged: bool) -> bool:
+    """Diverged, out of patience (early stopping) or at the epoch limit."""
+    return diverged or progress.epochs_since_best >= config.patience or progress.epoch >= config.max_epochs
+
+

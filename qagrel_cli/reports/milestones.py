@@ -1,0 +1,149 @@
+"""`qagrel milestones`: how far runs with an epoch budget got along the paper's path.
+
+A protocol study runs each reading for a few dozen epochs, far fewer than
+Table 1's runs took. Its runs are compared with the paper at points that a
+short budget can reach, per Table 1 row and reading:
+
+- the paper's implied best epoch, E* = its mean stop epoch - 20 (early stopping
+  ends a run 20 epochs after its best validation accuracy): the test accuracy
+  there, where the budget reaches it;
+- the first epoch whose test accuracy reaches 50 % and 90 % of the paper's
+  final accuracy (how many of the seeds got there, and when);
+- the best validation accuracy within the budget and the test accuracy at that
+  epoch (Table 1's measure, truncated to the budget).
+
+Accuracies are in %; epochs are means over the seeds that reached the point.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from qagrel_cli.core import run_folder
+from qagrel_cli.reports.rows import TABLE1_FIELDS, RowKey, row_key, row_key_fields
+from qagrel_cli.reports.table import PaperRow, Stat, markdown_table, paper_row
+from qagrel_cli.sweeps.results import Results
+
+PATIENCE = 20  # Table 1's early stopping: the best epoch is this many before the stop epoch
+FRACTIONS = (0.5, 0.9)  # of the paper's final accuracy
+
+
+class MilestoneFormat(str, Enum):
+    rich = "rich"
+    markdown = "markdown"
+    csv = "csv"
+
+
+@dataclass(frozen=True)
+class Reached:
+    """How many seeds reached an accuracy, and the epochs at which they first did."""
+
+    seeds: int
+    of: int
+    epochs: Stat
+
+
+@dataclass(frozen=True)
+class MilestoneRow:
+    """One Table 1 row under one reading: its seeds' logs measured against the paper's."""
+
+    key: RowKey
+    seeds: int
+    budget: int  # the fewest epochs any of its seeds ran
+    paper: PaperRow | None
+    implied_best_epoch: int | None
+    accuracy_at_implied_best: Stat  # n = seeds whose log reaches it
+    reached: tuple[Reached, ...]  # one per FRACTIONS
+    best_within_budget: Stat  # test accuracy at the best-validation epoch within the budget
+
+
+def milestone_rows(results: Results) -> list[MilestoneRow]:
+    """The milestones of every row of finished runs with a readable log (logs are read here)."""
+    finished = [r for r in results.runs if r.summary is not None and r.log_readable]
+    fields = row_key_fields(finished)
+    groups: dict[RowKey, list[pd.DataFrame]] = {}
+    for record in finished:
+        log = run_folder.read_log(record.path).drop_duplicates("epoch", keep="last").set_index("epoch")
+        if not log.empty:
+            groups.setdefault(row_key(record, fields), []).append(log)
+    return [_row(key, logs) for key, logs in sorted(groups.items(), key=lambda item: item[0].sort_key)]
+
+
+def _row(key: RowKey, logs: list[pd.DataFrame]) -> MilestoneRow:
+    paper = paper_row(key)
+    budget = min(int(log.index.max()) for log in logs)
+    implied = None if paper is None or paper.epochs.mean is None else round(paper.epochs.mean) - PATIENCE
+    at_implied = [100 * float(log.at[implied, "test_acc"]) for log in logs if implied in log.index]
+    reached = []
+    for fraction in FRACTIONS if paper is not None else ():
+        goal = fraction * paper.accuracy.mean / 100
+        firsts = [int(log.index[log["test_acc"] >= goal].min()) for log in logs if (log["test_acc"] >= goal).any()]
+        reached.append(Reached(len(firsts), len(logs), Stat.of([float(e) for e in firsts])))
+    best = [100 * float(log.loc[log["val_acc"].idxmax(), "test_acc"]) for log in logs]
+    return MilestoneRow(key, len(logs), budget, paper, implied, Stat.of(at_implied), tuple(reached), Stat.of(best))
+
+
+def _stat(stat: Stat, decimals: int) -> str:
+    if stat.mean is None:
+        return "–"
+    return f"{stat.mean:.{decimals}f}" + ("" if stat.sd is None else f" ({stat.sd:.{decimals}f})")
+
+
+def grid(rows: Sequence[MilestoneRow]) -> tuple[list[str], list[list[str]], int]:
+    """Headers, display cells and the index of the first numeric column."""
+    extra_fields = [name for name, _ in rows[0].key.extras] if rows else []
+    headers = ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in extra_fields],
+               "Seeds", "Epochs run", "Paper acc. [%]", "E* = paper stop − 20", "Test acc. at E* [%]",
+               *[f"Epochs to {100 * f:.0f}% of paper" for f in FRACTIONS], "Test acc. at best val. [%]"]
+    cells = []
+    for row in rows:
+        paper = "–" if row.paper is None else _stat(row.paper.accuracy, 2)
+        if row.implied_best_epoch is None:
+            implied, at_implied = "–", "–"
+        else:
+            implied = str(row.implied_best_epoch)
+            at_implied = (_stat(row.accuracy_at_implied_best, 2) if row.accuracy_at_implied_best.n
+                          else f"beyond {row.budget} epochs")
+        reached = [("–" if r.seeds == 0 else _stat(r.epochs, 1)) + f" [{r.seeds}/{r.of}]" for r in row.reached]
+        reached += ["–"] * (len(FRACTIONS) - len(reached))
+        cells.append([*row.key.cells(), str(row.seeds), str(row.budget), paper, implied, at_implied, *reached,
+                      _stat(row.best_within_budget, 2)])
+    return headers, cells, len(TABLE1_FIELDS) + len(extra_fields)
+
+
+NOTES = ("E*: the paper's mean stop epoch minus the 20 epochs of patience, i.e. its implied best epoch. "
+         "Epochs to x% of paper: the first epoch whose test accuracy reached x% of the paper's accuracy, mean (SD) "
+         "over the seeds that reached it [seeds that did / seeds]. Test acc. at best val.: test accuracy at the "
+         "epoch of the best validation accuracy within the epochs run. Means (sample SD) over seeds.")
+
+
+def render(rows: Sequence[MilestoneRow], fmt: MilestoneFormat, source: str = "", width: int = 200) -> str:
+    """The milestones as text in `fmt` (rich is rendered without colours)."""
+    headers, cells, numeric = grid(rows)
+    if fmt == MilestoneFormat.csv:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([headers, *cells])
+        return buffer.getvalue()
+    if fmt == MilestoneFormat.markdown:
+        title = [f"Milestones: `{source}`", ""] if source else []
+        return "\n".join(title + markdown_table(headers, cells, numeric) + ["", NOTES]) + "\n"
+    table = Table(title=f"Milestones: {source}" if source else None, caption=escape(NOTES), caption_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="right" if i >= numeric else "left")
+    for line in cells:
+        table.add_row(*line)
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(table)
+    return console.file.getvalue()
+
+
+__all__ = ["MilestoneFormat", "MilestoneRow", "Reached", "milestone_rows", "render", "grid", "PATIENCE", "FRACTIONS"]

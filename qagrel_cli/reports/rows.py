@@ -1,0 +1,93 @@
+"""Table 1's rows: which runs belong together, and how a row's settings are shown.
+
+A row is what Table 1 calls a row: dataset, rule, first layer, hidden units and
+learning rate alpha, read from each run's config (never from its path). Any
+other setting that differs between the runs of one such row (a protocol
+reading such as input scaling or the BP optimizer, epsilon, train_size, ...)
+splits it into one line per value, labelled by an extra column, so runs with
+different settings are never averaged together. `qagrel table`, `qagrel
+status` and the sweep estimate group runs this way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from qagrel_cli.core.config import ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, RULE_NAMES
+from qagrel_cli.sweeps.results import RunRecord
+
+TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
+# Settings that never make a row of their own: the seed is what a row averages over.
+_NOT_ROW_FIELDS = frozenset({"seed", "device", "dataset", "rule", "arch", "fc", "lr"})
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """What makes a Table 1 row: dataset, rule, first layer, hidden units, alpha, plus any other varying setting."""
+
+    dataset: str
+    rule: str
+    arch: str
+    hidden_units: str
+    lr: float
+    extras: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def sort_key(self) -> tuple:
+        """Table 1's order: dataset, first layer (Full, Conv, LocCon), rule (Q-AGREL first), depth; within a
+        row, the default (literal) setting first."""
+        extras = [(value != DEFAULTS.get(name), json.dumps(value, default=str)) for name, value in self.extras]
+        return (table1_order(DATASET_NAMES, self.dataset), table1_order(ARCH_NAMES, self.arch),
+                table1_order(RULE_NAMES, self.rule), self.hidden_units.count("-"), self.hidden_units, self.lr, extras)
+
+    def cells(self) -> list[str]:
+        """Display cells: Dataset, Rule, 1st layer, Hidden units, alpha, extras."""
+        return [DATASET_NAMES.get(self.dataset, self.dataset), RULE_NAMES.get(self.rule, self.rule),
+                ARCH_NAMES.get(self.arch, self.arch), self.hidden_units, format_alpha(self.lr),
+                *[format_setting(v) for _, v in self.extras]]
+
+
+def table1_order(order: dict[str, str], value: str) -> int:
+    return list(order).index(value) if value in order else len(order)
+
+
+def format_setting(value: Any) -> str:
+    """A config value (as in TrainConfig.to_dict) for a table cell: fc as 1000,500, None as -."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "-" if value is None else str(value)
+
+
+def format_alpha(lr: float) -> str:
+    """The paper's style, 1e-03; falls back to %g when one digit would lose information."""
+    short = f"{lr:.0e}"
+    return short if math.isclose(float(short), lr) else f"{lr:g}"
+
+
+def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
+    """Table 1's row fields, plus every other setting that differs between runs of one Table 1 row.
+
+    A setting that only differs between rows (init_range is 0.05 for fc and
+    0.02 for conv by default) needs no column of its own.
+    """
+    values: dict[tuple[tuple, str], set[str]] = {}
+    for record in records:
+        config = record.config.to_dict()
+        table1 = (config["dataset"], config["rule"], config["arch"], record.hidden_units, config["lr"])
+        for name, value in config.items():
+            values.setdefault((table1, name), set()).add(json.dumps(value))
+    varying = {name for (_, name), seen in values.items() if len(seen) > 1}
+    return [*TABLE1_FIELDS, *[f for f in CONFIG_FIELDS if f in varying and f not in _NOT_ROW_FIELDS]]
+
+
+def row_key(record: RunRecord, fields: list[str]) -> RowKey:
+    """The row `record` belongs to, given the fields from `row_key_fields`."""
+    config = record.config.to_dict()
+    return RowKey(config["dataset"], config["rule"], config["arch"], record.hidden_units, float(config["lr"]),
+                  tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]))
+
+
+__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "row_key", "row_key_fields", "format_setting", "format_alpha"]

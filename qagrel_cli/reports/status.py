@@ -1,0 +1,81 @@
+"""`qagrel status` and `qagrel sweep --dry-run`: where every run of a results folder or sweep stands."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError
+from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE
+from qagrel_cli.reports.rows import RowKey, format_setting, row_key, row_key_fields
+from qagrel_cli.sweeps.ledger import RunStatus, run_status
+from qagrel_cli.sweeps.results import read_results
+from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
+
+
+def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
+    """The expanded runs as a table (run id, the settings that vary, lr, state). Writes nothing."""
+    states = [run_status(sweep.run_dir(results, c)) for c in sweep.configs]
+    settings = [c.to_dict() for c in sweep.configs]
+    in_run_id = {"dataset", "arch", "fc", "rule", "seed", "device"}
+    varying = [f for f in CONFIG_FIELDS
+               if f not in in_run_id | {"lr"} and len({json.dumps(s[f]) for s in settings}) > 1]
+    table = Table(title=f"sweep {sweep.name}: {len(sweep.configs)} runs in {Path(results) / sweep.name}",
+                  caption=", ".join(f"{Counter(states).get(s, 0)} {s.value}" for s in RunStatus))
+    table.add_column("#", justify="right")
+    table.add_column("run id", no_wrap=True, min_width=max(len(c.run_id) for c in sweep.configs))
+    for column in [*varying, "lr", "state"]:
+        table.add_column(column)
+    for i, (config, setting, state) in enumerate(zip(sweep.configs, settings, states), 1):
+        table.add_row(str(i), config.run_id, *[format_setting(setting[f]) for f in varying],
+                      format_setting(setting["lr"]), state.value)
+    console.print(table)
+
+
+def print_status(root: Path, console: Console) -> None:
+    """Per Table 1 row: done / running / failed / pending (partial included) counts, then totals."""
+    results = read_results(root)
+    records = results.runs
+    if not records and not results.damaged:
+        raise QagrelError(f"{root}: no runs found (a sweep writes results/<sweep-name>/<run-id>/)")
+    fields = row_key_fields(records)
+    rows: dict[RowKey, Counter] = {}
+    totals: Counter = Counter()
+    failures: list[tuple[Path, str]] = []
+    for record in records:
+        state = run_status(record.path)
+        rows.setdefault(row_key(record, fields), Counter())[state] += 1
+        totals[state] += 1
+        if state == RunStatus.failed:
+            lines = (record.path / ERROR_FILE).read_text(errors="replace").strip().splitlines() or ["(empty)"]
+            failures.append((record.path, lines[-1]))
+    totals[RunStatus.damaged] += len({d.file.parent for d in results.damaged
+                                      if d.file.name != LOG_FILE and d.file.name != SWEEP_FILE})
+    table = Table(title=f"{root}: {len(records)} runs",
+                  caption=f"pending includes {totals[RunStatus.partial]} partial run(s), resumed by the next sweep")
+    for header in ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in fields[5:]]]:
+        table.add_column(header, overflow="fold")
+    for header in ("done", "running", "failed", "damaged", "pending", "total"):
+        table.add_column(header, justify="right")
+
+    def numbers(c: Counter) -> list[str]:
+        return [str(c[RunStatus.done]), str(c[RunStatus.running]), str(c[RunStatus.failed]), str(c[RunStatus.damaged]),
+                str(c[RunStatus.partial] + c[RunStatus.pending]), str(sum(c.values()))]
+
+    for key in sorted(rows, key=lambda k: k.sort_key):
+        table.add_row(*key.cells(), *numbers(rows[key]))
+    table.add_section()
+    table.add_row("total", *[""] * (len(fields) - 1), *numbers(totals))
+    console.print(table)
+    for warning in results.warnings():
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    for path, line in failures:
+        console.print(f"[red]failed[/] {path}: {line}", highlight=False, soft_wrap=True)
+
+
+__all__ = ["print_plan", "print_status"]

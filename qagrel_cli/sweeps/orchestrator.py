@@ -1,0 +1,111 @@
+"""Running a sweep: decide what is left to train, then hand it to an executor.
+
+`run_sweep` reads each run's status from the ledger, groups what is left into
+jobs (one run, or a seed pack) and gives them to the local executor (worker
+processes: local_executor.py) or the Ray executor (ray_executor.py). The
+executors report back through the ledger; they never import this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from rich.console import Console
+
+from qagrel_cli.core.config import QagrelError, TrainConfig
+from qagrel_cli.core.data import default_data_dir, load_dataset
+from qagrel_cli.core.run_folder import atomic_write_text
+from qagrel_cli.sweeps.jobs import make_jobs
+from qagrel_cli.sweeps.ledger import RunStatus, SweepOutcome, run_status
+from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
+
+if TYPE_CHECKING:
+    from qagrel_cli.sweeps.ray_executor import RayOptions
+
+
+def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path | None = None,
+              download: bool = False, retry_failed: bool = False, console: Console | None = None,
+              pack: int | None = None, ray: "RayOptions | None" = None) -> SweepOutcome:
+    """Train every unfinished run of `sweep`; resume partial runs, skip locked ones.
+
+    Runs go to `workers` local processes, or with `ray` to Ray tasks (see
+    ray_executor.py). `pack` (default: the sweep file's `pack:`) trains up to
+    that many runs that differ only in seed as one seed pack per worker.
+    Ctrl-C and SIGTERM stop the workers at once (every finished epoch is
+    already saved) and return with `interrupted` set.
+    """
+    console = console or Console(stderr=True)
+    if workers < 1:
+        raise QagrelError(f"--workers must be at least 1, got {workers}")
+    if ray is not None:
+        from qagrel_cli.sweeps.ray_executor import preflight
+        preflight(ray)  # no Ray installed, or no cluster at the address: one line, before anything is written
+    pack = sweep.pack if pack is None else pack
+    # Absolute: workers (a Ray task on another node, too) must find the data whatever their folder.
+    data_dir = Path(data_dir if data_dir is not None else default_data_dir()).resolve()
+    outcome = SweepOutcome()
+    todo: list[TrainConfig] = []
+    for config in sweep.configs:
+        status = run_status(sweep.run_dir(results, config))
+        if status == RunStatus.done:
+            outcome.already_done.append(config.run_id)
+        elif status == RunStatus.running:
+            outcome.locked.append(config.run_id)
+        elif status == RunStatus.damaged:
+            outcome.damaged.append(config.run_id)
+        elif status == RunStatus.failed and not retry_failed:
+            outcome.failed_before.append(config.run_id)
+        else:
+            todo.append(config)
+    jobs = make_jobs(todo, pack)
+    how = "Ray tasks" if ray is not None else f"{workers} worker(s)"
+    packs = f" in {len(jobs)} pack(s) of up to {pack}" if pack > 1 else ""
+    console.print(f"sweep [bold]{sweep.name}[/]: {len(sweep.configs)} runs in {Path(results) / sweep.name}: "
+                  f"{len(outcome.already_done)} done, {len(outcome.locked)} running elsewhere, "
+                  f"{len(outcome.failed_before)} failed before, {len(outcome.damaged)} damaged, "
+                  f"{len(todo)} to run{packs} with {how}",
+                  highlight=False)
+    if not todo:
+        return outcome
+    for dataset in sorted({c.dataset for c in todo}, key=lambda d: d.value):
+        load_dataset(dataset, data_dir, download)  # a missing dataset is one error now, not one per run
+    root = Path(results) / sweep.name
+    sweep_file = root / SWEEP_FILE
+    try:
+        if not sweep_file.exists() or sweep_file.read_text() != sweep.text:
+            atomic_write_text(sweep_file, sweep.text)
+    except OSError as err:  # a read-only mount, an immutable folder, a full disk
+        raise QagrelError(f"cannot write the results folder {root}: {err.strerror or err}") from None
+    with _sigterm_interrupts():
+        if ray is not None:
+            from qagrel_cli.sweeps.ray_executor import execute as execute_on_ray
+            execute_on_ray(root, jobs, data_dir, download, outcome, console, ray)
+        else:
+            from qagrel_cli.sweeps.local_executor import execute as execute_locally
+            execute_locally(root, jobs, workers, data_dir, download, outcome, console)
+    return outcome
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler ending the job) stops the sweep as Ctrl-C does: the executor catches KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+
+__all__ = ["run_sweep"]

@@ -1,0 +1,125 @@
+"""Reading a results folder: the one reader behind `qagrel table`, `status`, `plot` and a sweep's resume.
+
+A results folder holds run folders (at any depth) and the `_sweep.yaml` of each
+sweep that wrote there, which names the runs that have not started yet. Real
+folders get damaged over months (a half-copied file, a full disk, a shared
+file system): `read_results` returns the runs it can read and, beside them,
+each damaged file with the reason, so every view reports them and goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qagrel_cli.core import run_folder
+from qagrel_cli.core.config import QagrelError, TrainConfig
+from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, parse_sweep
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as found on disk (or planned by a sweep): its config and summary (None if unfinished)."""
+
+    path: Path
+    config: TrainConfig
+    summary: dict[str, Any] | None
+    log_readable: bool = True  # False: the log is damaged (the summary, if any, still holds the results)
+
+    @property
+    def hidden_units(self) -> str:
+        """Table 1's hidden units, e.g. '21632-5408-500'."""
+        from qagrel_cli.core.data import input_shape  # torch: only when a view needs the sizes
+        from qagrel_cli.core.models import hidden_units
+
+        return hidden_units(self.config.arch, self.config.fc, input_shape(self.config.dataset))
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A file of a results folder that cannot be read, and why."""
+
+    file: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+@dataclass
+class Results:
+    """The runs of a results folder that could be read, and the damaged files."""
+
+    runs: list[RunRecord] = field(default_factory=list)
+    damaged: list[Damage] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        """One line per damaged file, for a view to print before its output."""
+        return [f"skipped damaged file {d}" if d.file.name != run_folder.LOG_FILE
+                else f"unreadable log (its run's summary is still used) {d}" for d in self.damaged]
+
+
+def check_results_folder(root: Path) -> Path:
+    """`root` as a Path, or a one-line QagrelError when it is missing or a file."""
+    root = Path(root)
+    if root.is_file():
+        raise QagrelError(f"{root} is a file, not a results folder")
+    if not root.is_dir():
+        raise QagrelError(f"{root}: no such results folder")
+    return root
+
+
+def read_results(root: Path) -> Results:
+    """Every run under `root`: the run folders on disk plus the not-yet-started runs of its sweeps.
+
+    A run whose config or summary cannot be read is left out and listed as
+    damaged; a run whose log cannot be read is kept (its summary holds the
+    results) with `log_readable=False`, and the log is listed as damaged.
+    """
+    root = check_results_folder(root)
+    results = Results()
+    records: dict[Path, RunRecord] = {}
+    damaged_runs: set[Path] = set()
+    for run_dir in run_folder.find_run_dirs(root):
+        try:
+            record = RunRecord(run_dir, run_folder.read_config(run_dir), run_folder.read_summary(run_dir))
+        except run_folder.DamagedFile as err:
+            results.damaged.append(Damage(err.path, err.reason))
+            damaged_runs.add(run_dir)
+            continue
+        damage = _log_damage(run_dir)
+        if damage is not None:
+            results.damaged.append(damage)
+            record = RunRecord(record.path, record.config, record.summary, log_readable=False)
+        records[run_dir] = record
+    for sweep_file in sorted(root.rglob(SWEEP_FILE)):
+        try:
+            stored = parse_sweep(sweep_file.read_text(), sweep_file, default_name=sweep_file.parent.name)
+        except (OSError, UnicodeDecodeError, QagrelError) as err:
+            results.damaged.append(Damage(sweep_file, " ".join(str(err).split())))
+            continue
+        for config in stored.configs:
+            run_dir = sweep_file.parent / config.run_id
+            if run_dir not in records and run_dir not in damaged_runs:
+                records[run_dir] = RunRecord(run_dir, config, None)
+    results.runs = sorted(records.values(), key=lambda r: str(r.path))
+    return results
+
+
+def _log_damage(run_dir: Path) -> Damage | None:
+    """The log's damage, if it exists and its Parquet footer cannot be read (the body is read only to plot)."""
+    import pyarrow.parquet as pq
+
+    log = run_dir / run_folder.LOG_FILE
+    try:
+        with open(log, "rb") as fh:
+            pq.read_metadata(fh)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # pyarrow's ArrowInvalid and OSError, among others, for a torn file
+        return Damage(log, " ".join(str(err).split())[:200] or type(err).__name__)
+    return None
+
+
+__all__ = ["RunRecord", "Damage", "Results", "read_results", "check_results_folder"]
