@@ -298,10 +298,7 @@ def table(
         result = build_table(results.runs, source=str(directory), epochs_at=epochs, accuracy_at=accuracy,
                              converged_above=converged_above, compare=compare is not None)
         if out is not None:
-            try:
-                atomic_write_text(out, render(result, fmt))
-            except OSError as err:
-                raise QagrelError(f"cannot write {out}: {err.strerror or err}") from None
+            atomic_write_text(out, render(result, fmt))
     except QagrelError as err:
         raise fail(str(err)) from None
     if out is not None:
@@ -335,10 +332,7 @@ def milestones(
             raise QagrelError(f"{directory}: no finished runs with a readable log yet")
         text = render(rows, fmt, source=str(directory))
         if out is not None:
-            try:
-                atomic_write_text(out, text)
-            except OSError as err:
-                raise QagrelError(f"cannot write {out}: {err.strerror or err}") from None
+            atomic_write_text(out, text)
     except QagrelError as err:
         raise fail(str(err)) from None
     if out is not None:

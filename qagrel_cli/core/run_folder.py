@@ -67,10 +67,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it over `path`.
 
     The file gets the mode a plainly created file would (0666 less the umask):
-    mkstemp's private 0600 must not survive the rename.
+    mkstemp's private 0600 must not survive the rename. A folder that cannot be
+    written (read-only, full, missing permissions) is a one-line QagrelError.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise QagrelError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -79,6 +83,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise QagrelError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

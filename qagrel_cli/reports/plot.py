@@ -336,11 +336,8 @@ def _style_axes(ax: Axes) -> None:
 def _save(fig: Figure, table: pd.DataFrame, out_file: Path, fmt: PlotFormat, notes: list[str]) -> Plotted:
     """Write the figure and its numbers (same name, .csv) atomically."""
     csv = out_file.with_suffix(".csv")
-    try:
-        run_folder.atomic_write(out_file, lambda tmp: fig.savefig(tmp, format=fmt.value))
-        run_folder.atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
-    except OSError as err:
-        raise QagrelError(f"cannot write {out_file}: {err.strerror or err}") from None
+    run_folder.atomic_write(out_file, lambda tmp: fig.savefig(tmp, format=fmt.value))
+    run_folder.atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
     return Plotted(out_file, csv, notes)
 
 

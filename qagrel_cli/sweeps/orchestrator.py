@@ -75,11 +75,8 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
         load_dataset(dataset, data_dir, download)  # a missing dataset is one error now, not one per run
     root = Path(results) / sweep.name
     sweep_file = root / SWEEP_FILE
-    try:
-        if not sweep_file.exists() or sweep_file.read_text() != sweep.text:
-            atomic_write_text(sweep_file, sweep.text)
-    except OSError as err:  # a read-only mount, an immutable folder, a full disk
-        raise QagrelError(f"cannot write the results folder {root}: {err.strerror or err}") from None
+    if not sweep_file.exists() or sweep_file.read_text() != sweep.text:
+        atomic_write_text(sweep_file, sweep.text)  # a read-only or full folder: one line, before any run starts
     with _sigterm_interrupts():
         if ray is not None:
             from qagrel_cli.sweeps.ray_executor import execute as execute_on_ray
