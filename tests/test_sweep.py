@@ -80,14 +80,19 @@ def assert_no_premature_summary(dirs: list[Path]) -> None:
 
 # ------------------------------------------------------------ expansion
 
-def test_table1_expands_to_26_rows_times_10_seeds():
-    configs = load_sweep(REPO / "sweeps" / "table1.yaml").configs
+TABLE1_FILES = ["table1.yaml", "table1-literal.yaml"]
+
+
+@pytest.mark.parametrize("name", TABLE1_FILES)
+def test_table1_expands_to_26_rows_times_10_seeds(name):
+    configs = load_sweep(REPO / "sweeps" / name).configs
     assert len(configs) == 260
     assert len({c.run_id for c in configs}) == 260
 
 
-def test_table1_rows_are_exactly_the_papers_rows():
-    records = [RunRecord(Path(), c, None) for c in load_sweep(REPO / "sweeps" / "table1.yaml").configs]
+@pytest.mark.parametrize("name", TABLE1_FILES)
+def test_table1_rows_are_exactly_the_papers_rows(name):
+    records = [RunRecord(Path(), c, None) for c in load_sweep(REPO / "sweeps" / name).configs]
     fields = row_key_fields(records)
     seeds: dict = {}
     for record in records:
