@@ -295,3 +295,11 @@ def test_paper_columns_go_with_every_reading_of_a_comparable_row(tmp_path):
             fabricate(tmp_path, seed=seed, input_scaling=scaling)
     table = table_of(tmp_path, compare=True)
     assert [r.paper.accuracy.mean for r in table.rows] == [99.17, 99.17]
+
+
+def test_an_init_range_that_follows_from_the_init_reading_gets_no_column_of_its_own(tmp_path):
+    fabricate(tmp_path, seed=0)  # uniform: 0.02
+    fabricate(tmp_path, seed=0, init="he")  # he: no range
+    assert table_of(tmp_path).extra_fields == ["init"]
+    fabricate(tmp_path, seed=0, init_range=0.1)  # a range chosen by hand is a setting
+    assert table_of(tmp_path).extra_fields == ["init", "init_range"]

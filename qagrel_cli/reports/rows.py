@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from qagrel_cli.core.config import ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, RULE_NAMES
@@ -77,6 +77,8 @@ def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
     for record in records:
         config = record.config.to_dict()
         table1 = (config["dataset"], config["rule"], config["arch"], record.hidden_units, config["lr"])
+        if record.config.init_range == replace(record.config, init_range=None).init_range:
+            config["init_range"] = None  # the range that follows from init and arch is no setting of its own
         for name, value in config.items():
             values.setdefault((table1, name), set()).add(json.dumps(value))
     varying = {name for (_, name), seen in values.items() if len(seen) > 1}
