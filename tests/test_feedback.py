@@ -66,6 +66,15 @@ def trained(arch: str, feedback: str) -> tuple[Trainer, list[tuple[torch.Tensor,
     return trainer, before
 
 
+def trained_pack(arch: str, feedback: str) -> list[tuple[Trainer, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Seeds 0 and 1 after one epoch as a vmapped seed pack (the GPU strategy, run here on the CPU): each
+    member's Trainer, whose tensors are views into the pack's stacks, and its weights before the epoch."""
+    trainers = [Trainer(small_config(arch, feedback, seed=s), random_splits(s), torch.device("cpu")) for s in (0, 1)]
+    before = [weights(t.net) for t in trainers]
+    VmapPack([Member(k, t.config, Path("unused"), t, RunProgress()) for k, t in enumerate(trainers)]).run_epoch()
+    return list(zip(trainers, before))
+
+
 def assert_every_w_changed(net, before) -> None:
     for n, (layer, (w0, _)) in enumerate(zip(net.layers, before)):
         assert not torch.equal(layer.weight.detach(), w0), f"layer {n}: W did not learn, the test proves nothing"
@@ -118,11 +127,7 @@ def test_fixed_feedback_trainer_never_changes_w_prime(arch):
 
 
 def test_fixed_feedback_vmapped_pack_never_changes_any_member_s_w_prime():
-    trainers = [Trainer(small_config("fc", "fixed", seed=s), random_splits(s), torch.device("cpu")) for s in (0, 1)]
-    before = [weights(t.net) for t in trainers]
-    pack = VmapPack([Member(k, t.config, Path("unused"), t, RunProgress()) for k, t in enumerate(trainers)])
-    pack.run_epoch()
-    for trainer, member_before in zip(trainers, before):  # each member's tensors are views into the stacks
+    for trainer, member_before in trained_pack("fc", "fixed"):
         assert_every_w_changed(trainer.net, member_before)
         for layer, (_, b0) in zip(trainer.net.layers, member_before):
             assert torch.equal(layer.feedback_weight, b0)
@@ -149,11 +154,7 @@ def test_random_feedback_receives_exactly_w_s_change(arch):
 
 
 def test_random_feedback_vmapped_pack_gives_each_member_s_w_prime_w_s_change():
-    trainers = [Trainer(small_config("conv", "random", seed=s), random_splits(s), torch.device("cpu")) for s in (0, 1)]
-    before = [weights(t.net) for t in trainers]
-    pack = VmapPack([Member(k, t.config, Path("unused"), t, RunProgress()) for k, t in enumerate(trainers)])
-    pack.run_epoch()
-    for trainer, member_before in zip(trainers, before):  # each member's tensors are views into the stacks
+    for trainer, member_before in trained_pack("conv", "random"):
         assert_every_w_changed(trainer.net, member_before)
         assert_w_prime_got_w_s_change(trainer.net, member_before, steps=trainer.batches_per_epoch)
 
