@@ -24,6 +24,7 @@ from qagrel_cli.core.models import build_network
 from qagrel_cli.core.packs import Member, VmapPack
 from qagrel_cli.core.rules import alignment_angles, qagrel_step
 from qagrel_cli.core.trainer import RunProgress, Trainer
+from qagrel_cli.sweeps.sweep_file import load_sweep
 
 from conftest import load_with_small_test_set
 
@@ -210,3 +211,16 @@ def test_each_feedback_mode_is_a_run_of_its_own():
     ids = {mode: TrainConfig(arch="fc", feedback=mode).run_id for mode in Feedback}
     assert len(set(ids.values())) == 3
     assert ids[Feedback.symmetric] == TrainConfig(arch="fc").run_id  # the paper's runs keep their ids
+
+
+# ----------------------------------------------------------------- the study
+
+def test_the_feedback_sweep_is_two_networks_by_three_modes_by_three_seeds_under_the_full_protocol():
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "feedback.yaml")
+    assert sweep.name == "feedback" and len({c.run_id for c in sweep.configs}) == 18
+    networks = {(c.arch.value, c.fc, c.lr) for c in sweep.configs}
+    assert networks == {("fc", (1500, 1000, 500), 0.5), ("conv", (500,), 1.0)}  # Table 1's alpha for each
+    assert sorted((c.arch.value, c.feedback.value, c.seed) for c in sweep.configs) == sorted(
+        (arch, mode.value, seed) for arch in ("fc", "conv") for mode in Feedback for seed in range(3))
+    assert {(c.dataset.value, c.rule.value, c.max_epochs, c.patience) for c in sweep.configs} == {
+        ("mnist", "qagrel", 500, 20)}
