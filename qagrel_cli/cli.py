@@ -356,6 +356,11 @@ def plot(
         "The plotted numbers go to a CSV of the same name beside it.", show_default=False)] = None,
     fmt: Annotated[Optional[PlotFormat], typer.Option(
         "--format", help="Image format. Default: the extension of --out, else png.", show_default=False)] = None,
+    angles: Annotated[bool, typer.Option(
+        "--angles", help="Instead: per layer, the angle between the weights W and the feedback weights W'^T over "
+        "epochs (0° = reciprocal, 90° = unrelated), mean ± 2 SD over seeds, for the runs with --feedback random "
+        "or fixed (default name <folder>_angles.png). --after-stop and the filters apply; --metric does not.",
+        show_default=False)] = False,
     metric: Annotated[Metric, typer.Option(
         help="train: Q-AGREL reward probability and BP 1 - training error (the paper's Figure 3); "
         "val or test: that accuracy.", rich_help_panel=FIGURE3_PANEL)] = Metric.train,
@@ -372,11 +377,12 @@ def plot(
         help="Only these hidden sizes, e.g. 500 or 1000,500, or Table 1's 28800-7200-500 (repeatable). "
         "Default: all.", rich_help_panel=FIGURE3_PANEL, show_default=False)] = None,
 ) -> None:
-    """Plot Figure 3 (Q-AGREL vs BP learning curves, mean ± 2 SD over seeds, one panel per dataset) or one run."""
+    """Plot Figure 3 (Q-AGREL vs BP learning curves, mean ± 2 SD over seeds, one panel per dataset) or one run;
+    --angles: how far the feedback weights are from reciprocal."""
     from qagrel_cli.reports.plot import plot as make_plot
 
     try:
-        result = make_plot(path, out, metric=metric, after_stop=after_stop, fmt=fmt,
+        result = make_plot(path, out, angles=angles, metric=metric, after_stop=after_stop, fmt=fmt,
                            datasets=dataset or (), archs=arch or (), fcs=fc or ())
     except QagrelError as err:
         raise fail(str(err)) from None

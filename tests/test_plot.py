@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import Arch, TrainConfig
 from qagrel_cli.reports.plot import AfterStop, Metric, PlotFormat, aggregate, plot
-from qagrel_cli.core.run_folder import write_config, write_log, write_summary
+from qagrel_cli.core.run_folder import read_log, write_config, write_log, write_summary
 
 # (a, b, stop epoch) per seed: different slopes and different early-stopping epochs.
 QAGREL_SEEDS = [(0.10, 0.050, 6), (0.20, 0.030, 9), (0.15, 0.040, 12)]
@@ -248,3 +248,111 @@ def test_each_protocol_reading_gets_its_own_curve_and_runs_of_old_configs_count_
                                                                             "input_scaling=unit"]
     assert table.loc[table["rule"] == "qagrel", "variant"].isna().all()  # one Q-AGREL reading: one curve
     assert_csv_curve(table[table["variant"] == "input_scaling=unit"], "bp", expected(BP_SEEDS, "hold"))
+
+
+# ----------------------------------------------------------------- --angles
+
+# Per feedback mode, per seed: (start angle, change per epoch, stop epoch); layer n's angle is that line
+# plus ANGLE_LAYER_STEP * n, so every (mode, layer) curve is known.
+ANGLE_SEEDS = {"fixed": [(88.0, -1.5, 6), (90.0, -1.0, 8), (89.0, -2.0, 5)],
+               "random": [(90.0, -4.0, 7), (91.0, -3.0, 4)]}
+ANGLE_LAYER_STEP = 2.5
+ANGLE_LAYERS = 4  # the fc network: three hidden layers and the output layer
+
+
+def make_angle_run(root: Path, feedback: str, seed: int, start: float, slope: float, stop: int, **kwargs) -> Path:
+    """A finished fc MNIST run whose log also holds angle_0..angle_3 = start + slope * epoch + step * layer."""
+    run_dir = make_run(root, "qagrel", seed, 0.1, 0.05, stop, dataset="mnist", arch="fc", feedback=feedback, **kwargs)
+    log = read_log(run_dir)
+    for layer in range(ANGLE_LAYERS):
+        log[f"angle_{layer}"] = start + slope * log["epoch"] + ANGLE_LAYER_STEP * layer
+    write_log(run_dir, log)
+    return run_dir
+
+
+def make_feedback_study(root: Path) -> Path:
+    """The feedback study in small: fixed and random runs with angles, and symmetric runs without."""
+    for feedback, seeds in ANGLE_SEEDS.items():
+        for seed, (start, slope, stop) in enumerate(seeds):
+            make_angle_run(root, feedback, seed, start, slope, stop)
+    for seed, (a, b, stop) in enumerate(QAGREL_SEEDS):
+        make_run(root, "qagrel", seed, a, b, stop, dataset="mnist", arch="fc")  # symmetric: no angle columns
+    return root
+
+
+def assert_csv_angles(table: pd.DataFrame, feedback: str, layer: int, after_stop: str) -> None:
+    lines = [(start + ANGLE_LAYER_STEP * layer, slope, stop) for start, slope, stop in ANGLE_SEEDS[feedback]]
+    got = table[(table["feedback"] == feedback) & (table["layer"] == layer)].assign(rule=feedback)
+    assert_csv_curve(got, feedback, expected(lines, after_stop))
+
+
+def test_angles_csv_holds_each_layer_and_mode_s_means_sds_and_bands(tmp_path):
+    result = plot(make_feedback_study(tmp_path / "study"), tmp_path / "figs", angles=True)
+    table = pd.read_csv(result.csv)
+    assert table.columns.tolist() == ["panel", "dataset", "arch", "hidden_units", "feedback", "variant", "layer",
+                                      "epoch", "n", "mean", "sd", "lower", "upper"]
+    assert set(table["panel"]) == {"mnist-fc-1500-1000-500"} and table["variant"].isna().all()
+    assert sorted(set(zip(table["feedback"], table["layer"]))) == [(f, n) for f in ("fixed", "random")
+                                                                   for n in range(ANGLE_LAYERS)]
+    for feedback in ANGLE_SEEDS:
+        for layer in range(ANGLE_LAYERS):
+            assert_csv_angles(table, feedback, layer, "hold")
+
+
+def test_angles_after_stop_drop_averages_the_seeds_still_running(tmp_path):
+    result = plot(make_feedback_study(tmp_path / "study"), tmp_path / "figs", angles=True, after_stop=AfterStop.drop)
+    assert_csv_angles(pd.read_csv(result.csv), "fixed", 3, "drop")
+    assert result.figure.name == "study_angles_drop.png"
+
+
+def test_angles_leave_out_symmetric_runs_and_say_so(tmp_path):
+    result = plot(make_feedback_study(tmp_path / "study"), tmp_path / "figs", angles=True)
+    assert "symmetric" not in set(pd.read_csv(result.csv)["feedback"])
+    assert result.notes == ["3 runs with symmetric feedback (0° throughout) not shown."]
+
+
+def test_angles_write_a_valid_png_named_after_the_folder_beside_figure3(tmp_path):
+    root = make_feedback_study(tmp_path / "study")
+    result = plot(root, angles=True)
+    assert result.figure == root / "_figures" / "study_angles.png"
+    assert result.csv == root / "_figures" / "study_angles.csv"
+    width, height = png_size(result.figure)
+    assert 500 <= width <= 4000 and 400 <= height <= 4000
+
+
+def test_angles_of_one_run_folder_are_its_own_curves(tmp_path):
+    run_dir = make_angle_run(tmp_path / "study", "fixed", 0, 80.0, -1.0, 5)
+    result = plot(run_dir, angles=True)
+    assert result.figure == tmp_path / "study" / "_figures" / f"{run_dir.name}_angles.png"
+    table = pd.read_csv(result.csv)
+    layer_2 = table[table["layer"] == 2]
+    np.testing.assert_allclose(layer_2["mean"], 80.0 - np.arange(1, 6) + 2 * ANGLE_LAYER_STEP)
+    assert (layer_2["n"] == 1).all() and layer_2["sd"].isna().all()
+
+
+def test_angles_keep_runs_differing_in_another_setting_apart(tmp_path):
+    root = make_feedback_study(tmp_path / "study")
+    make_angle_run(root, "fixed", 0, 30.0, 0.0, 3, epsilon=0.1)
+    table = pd.read_csv(plot(root, tmp_path / "figs", angles=True).csv)
+    fixed = table[table["feedback"] == "fixed"]
+    assert sorted(fixed["variant"].unique()) == ["epsilon=0.02", "epsilon=0.1"]
+    assert_csv_angles(fixed[fixed["variant"] == "epsilon=0.02"], "fixed", 1, "hold")
+
+
+def test_cli_angles_writes_figure_and_csv(tmp_path):
+    root = make_feedback_study(tmp_path / "study")
+    result = invoke("plot", root, "--angles")
+    assert result.exit_code == 0, result.output
+    assert (root / "_figures" / "study_angles.png").is_file() and (root / "_figures" / "study_angles.csv").is_file()
+
+
+def test_cli_angles_error_when_no_run_logged_angles(tmp_path):
+    result = invoke("plot", make_sweep(tmp_path / "sweep"), "--angles")
+    assert result.exit_code == 2 and "--feedback random or fixed" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_figure3_of_one_rule_in_several_feedback_modes_has_a_curve_per_mode(tmp_path):
+    table = pd.read_csv(plot(make_feedback_study(tmp_path / "study"), tmp_path / "figs").csv)
+    assert sorted(table["variant"].unique()) == ["feedback=fixed", "feedback=random", "feedback=symmetric"]
+    assert_csv_curve(table[table["variant"] == "feedback=symmetric"], "qagrel", expected(QAGREL_SEEDS, "hold"))

@@ -1,4 +1,5 @@
-"""`qagrel plot`: the paper's Figure 3 over a folder of runs, or the learning curves of one run.
+"""`qagrel plot`: the paper's Figure 3 over a folder of runs, or the learning curves of one run;
+`--angles`: how far the feedback weights W' are from W^T over epochs (docs/feedback.md).
 
 Figure 3 (section 4 of the paper) shows, for CIFAR10 and CIFAR100, the training reward
 probability of Q-AGREL networks and 1 - training error of error-backpropagation networks
@@ -7,6 +8,9 @@ over epochs, as mean +/- 2 SD over 10 seeds. Both are the log's `train_reward` c
 Seeds stop at different epochs (early stopping). By default a stopped seed holds its last
 value, so every point of a curve averages the same networks; with `after_stop="drop"` it
 leaves the mean instead and n shrinks. Every figure's caption says which.
+
+The angle figure shows, per layer, the angle between W and W'^T that runs with random or fixed
+feedback log every epoch (`angle_<layer>`, rules.alignment_angles), aggregated over seeds alike.
 
 Each figure gets a CSV beside it (same name, `.csv`) holding exactly the plotted numbers.
 Only unfinished and diverged runs are left out of Figure 3; the caption counts them.
@@ -28,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from qagrel_cli.core import run_folder
-from qagrel_cli.core.config import CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError, Rule, parse_fc
+from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, Feedback, QagrelError,
+                                    Rule, parse_fc)
 from qagrel_cli.sweeps.results import RunRecord, read_results
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn (it is slow to import)
@@ -66,6 +71,16 @@ _COLORS = {Rule.qagrel.value: ("#1f77b4", "#2ca02c", "#17becf", "#9467bd"),
 _NOT_VARIANT = frozenset({"dataset", "arch", "fc", "rule", "seed", "device"})
 CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "rule", "variant", "epoch", "n", "mean", "sd",
                "lower", "upper")
+# The angle figure: one curve per (feedback mode, layer). Its variant column names any other setting (rule
+# included) that differs between the runs of a panel, for the same reason as Figure 3's; empty in the
+# feedback study, whose runs differ only in feedback and seed.
+ANGLE_CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "feedback", "variant", "layer", "epoch", "n", "mean",
+                     "sd", "lower", "upper")
+ANGLE_PREFIX = "angle_"  # the log's per-layer angle columns, angle_0 (input side) to angle_<L-1> (output)
+_NOT_ANGLE_VARIANT = (_NOT_VARIANT - {"rule"}) | {"feedback"}  # feedback has its own curves; rules are not pooled
+# Layer colours (the angle figure) and one line style per feedback mode; "--" is kept for the 90° reference.
+_LAYER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_CURVE_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 
 
 @dataclass(frozen=True)
@@ -97,42 +112,70 @@ class _Run:
         """Table 1's 'hidden units', e.g. 28800-7200-500."""
         return self.record.hidden_units
 
+    @property
+    def angle_layers(self) -> list[int]:
+        """The layers whose angle between W and W'^T the log holds (none with symmetric feedback)."""
+        return sorted(int(c[len(ANGLE_PREFIX):]) for c in self.log.columns
+                      if c.startswith(ANGLE_PREFIX) and c[len(ANGLE_PREFIX):].isdigit())
+
     def curve(self, column: str) -> pd.Series:
         """`column` indexed by epoch (a resumed run may log an epoch twice: its last value counts)."""
         log = self.log.drop_duplicates("epoch", keep="last").sort_values("epoch")
         return pd.Series(log[column].to_numpy(dtype=float), index=log["epoch"].astype(int).to_numpy())
 
 
-def plot(path: Path, out: Path | None = None, *, metric: Metric = Metric.train,
+def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: Metric = Metric.train,
          after_stop: AfterStop = AfterStop.hold, fmt: PlotFormat | None = None,
          datasets: Sequence[Dataset] = (), archs: Sequence[Arch] = (), fcs: Sequence[str] = ()) -> Plotted:
-    """Plot one run folder's learning curves, or Figure 3 over every run below `path`.
+    """Plot one run folder's learning curves, or Figure 3 over every run below `path`; with `angles`, the
+    angle between W and W'^T per layer over epochs instead (of that run, or of the runs below `path`).
 
     `out` is a folder or a file name ending in .png, .pdf or .svg; by default the figure goes beside
     the runs, into `_figures/` of the folder plotted (of the folder holding it, for one run folder),
-    named after that folder (`<folder>_figure3.png`) or the run id (`<run id>.png`).
-    `metric`, `after_stop` and the filters (`datasets`, `archs`, `fcs`: hidden sizes like '1000,500'
-    or Table 1's '28800-7200-1000-500') apply to Figure 3 only.
+    named after that folder (`<folder>_figure3.png`, `<folder>_angles.png`) or the run id
+    (`<run id>.png`, `<run id>_angles.png`). `metric` applies to Figure 3 only; `after_stop` and the
+    filters (`datasets`, `archs`, `fcs`: hidden sizes like '1000,500' or Table 1's '28800-7200-1000-500')
+    to Figure 3 and the angle figure.
     """
     path = Path(path)
     if not path.exists():
         raise QagrelError(f"{path} does not exist")
-    if run_folder.is_run_dir(path):
+    single = run_folder.is_run_dir(path)
+    if single and not angles:
         config = run_folder.read_config(path)
         out_file, fmt = _output_file(out, path.resolve().parent / FIGURES_FOLDER, config.run_id, fmt)
         return plot_run(path, out_file, fmt)
-    runs, notes, warnings = _finished_runs(path)
-    runs = _select(runs, path, datasets, archs, fcs)
+    if single:
+        runs, notes, warnings = [_one_run(path)], [], []
+    else:
+        runs, notes, warnings = _finished_runs(path)
+        runs = _select(runs, path, datasets, archs, fcs)
+    filters = [a.value for a in archs] + [d.value for d in datasets] + [f.replace(",", "-") for f in fcs]
+    drop = ["drop"] if after_stop == AfterStop.drop else []
+    if angles:
+        with_angles = [r for r in runs if r.angle_layers]
+        if not with_angles:
+            raise QagrelError(f"no run in {path} logged angles between W and W'^T (angle_<layer> columns): "
+                              "only runs with --feedback random or fixed do")
+        if len(with_angles) < len(runs):
+            n = len(runs) - len(with_angles)
+            notes = [*notes, f"{n} run{'s' if n > 1 else ''} with symmetric feedback (0° throughout) not shown."]
+        if single:
+            stem, folder = f"{with_angles[0].record.config.run_id}_angles", path.resolve().parent / FIGURES_FOLDER
+        else:
+            stem, folder = "_".join([path.resolve().name, "angles", *filters, *drop]), path / FIGURES_FOLDER
+        out_file, fmt = _output_file(out, folder, stem, fmt)
+        plotted = plot_angles(with_angles, out_file, fmt, after_stop=after_stop, notes=notes)
+        return Plotted(plotted.figure, plotted.csv, [*plotted.notes, *warnings])
     rules = {str(r.config["rule"]) for r in runs}
-    if len(rules) < 2:
+    if len(rules) < 2 and not any(len(_variants(group)) > 1 for group in _panels(runs).values()):
         only = RULE_NAMES.get(next(iter(rules)), next(iter(rules)))
-        raise QagrelError(f"{path} holds finished runs of only one rule ({only}); Figure 3 compares Q-AGREL "
-                          "with Error-BP, so add runs of the other rule (or plot a single run folder)")
+        raise QagrelError(f"{path} holds finished runs of only one rule ({only}), in one setting; Figure 3 compares "
+                          "Q-AGREL with Error-BP (or settings of one rule), so add runs of the other rule (or plot "
+                          "a single run folder)")
     name_parts = [path.resolve().name, "figure3"]
     name_parts += [] if metric == Metric.train else [metric.value]
-    name_parts += [a.value for a in archs] + [d.value for d in datasets] + [f.replace(",", "-") for f in fcs]
-    name_parts += ["drop"] if after_stop == AfterStop.drop else []
-    out_file, fmt = _output_file(out, path / FIGURES_FOLDER, "_".join(name_parts), fmt)
+    out_file, fmt = _output_file(out, path / FIGURES_FOLDER, "_".join(name_parts + filters + drop), fmt)
     plotted = plot_figure3(runs, out_file, fmt, metric=metric, after_stop=after_stop, notes=notes)
     return Plotted(plotted.figure, plotted.csv, [*plotted.notes, *warnings])
 
@@ -155,42 +198,51 @@ def aggregate(curves: Sequence[pd.Series], after_stop: AfterStop = AfterStop.hol
 def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metric: Metric,
                  after_stop: AfterStop, notes: Sequence[str] = ()) -> Plotted:
     """Draw one panel per dataset (columns) and architecture/hidden-units group (rows); write figure and CSV."""
-    panels: dict[tuple[str, str, tuple[int, ...]], list[_Run]] = defaultdict(list)
-    for run in runs:
-        panels[(str(run.config["dataset"]), str(run.config["arch"]), run.fc)].append(run)
-    columns = sorted({d for d, _, _ in panels}, key=lambda d: _order(Dataset, d))
-    rows = sorted({(a, fc) for _, a, fc in panels}, key=lambda g: (_order(Arch, g[0]), g[1]))
-    width = max(6.4, 4.6 * len(columns))  # one panel alone still has room for the title and caption
-    fig = _figure(figsize=(width, 3.5 * len(rows) + 0.7))
-    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    fig, panels, width = _panel_grid(runs)
     tables = []
-    for i, (arch, fc) in enumerate(rows):
-        for j, dataset in enumerate(columns):
-            ax = axes[i][j]
-            if (dataset, arch, fc) not in panels:
-                ax.set_axis_off()  # e.g. the fc networks were only run on MNIST
-                continue
-            tables.append(_draw_panel(ax, panels[(dataset, arch, fc)], METRIC_COLUMN[metric], after_stop))
-            ax.set_ylabel(METRIC_LABEL[metric])
+    for ax, panel_runs in panels:
+        tables.append(_draw_panel(ax, panel_runs, METRIC_COLUMN[metric], after_stop))
+        ax.set_ylabel(METRIC_LABEL[metric])
     what = {Metric.train: "Q-AGREL: probability of reward on the training trials (exploration included); "
                           "Error-BP: 1 − training error.",
             Metric.val: "Validation accuracy.", Metric.test: "Test accuracy."}[metric]
-    stop = ("Seeds that stopped early hold their last value." if after_stop == AfterStop.hold
-            else "Seeds that stopped early drop out of the mean (n falls; no band where n < 2).")
-    # Non-breaking spaces keep "± 2 SD" on one line when the caption wraps.
-    caption = " ".join([what, "Line: mean over seeds; band: mean\u00a0±\u00a02\u00a0SD.", stop, *notes])
-    fig.suptitle("Q-AGREL (trial and error) vs error-backpropagation", fontsize="large")
+    rules = sorted({str(r.config["rule"]) for r in runs}, key=lambda r: _order(Rule, r))
+    if len(rules) > 1:
+        title = "Q-AGREL (trial and error) vs error-backpropagation"
+    else:  # one rule in several settings (e.g. the feedback study): say which settings differ
+        varying = sorted({f for _, group in panels for f in _varying(group)})
+        title = f"{RULE_NAMES.get(rules[0], rules[0])} by {', '.join(varying)}"
+    caption = " ".join([what, _BAND_SENTENCE, _stop_sentence(after_stop), *notes])
+    fig.suptitle(title, fontsize="large")
     fig.supxlabel(textwrap.fill(caption, width=int(16 * width)), fontsize="small")
     table = pd.concat(tables, ignore_index=True)[list(CSV_COLUMNS)]
     return _save(fig, table, out_file, fmt, list(notes))
 
 
+def plot_angles(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, after_stop: AfterStop,
+                notes: Sequence[str] = ()) -> Plotted:
+    """Per layer, the angle between W and W'^T over epochs: one panel per dataset and architecture/hidden-units
+    group, one curve per layer and feedback mode (mean +/- 2 SD over seeds); write figure and CSV.
+
+    `runs` must all have angle columns (random or fixed feedback).
+    """
+    fig, panels, width = _panel_grid(runs)
+    tables = [_draw_angle_panel(ax, panel_runs, after_stop) for ax, panel_runs in panels]
+    what = ("Angle between each layer's feedforward weights W and the transpose of its feedback weights W' "
+            "(the flattened tensors, W' stored in W's index order): 0° = W' equals W^T up to a positive scale "
+            "(the paper's strict reciprocity); 90° (dashed) = unrelated, as two independent random draws are. "
+            "Layer 0 is the input side.")
+    caption = " ".join([what, _BAND_SENTENCE, _stop_sentence(after_stop), *notes])
+    fig.suptitle("Feedback weights W' vs W^T (alignment angle)", fontsize="large")
+    fig.supxlabel(textwrap.fill(caption, width=int(16 * width)), fontsize="small")
+    table = pd.concat(tables, ignore_index=True)[list(ANGLE_CSV_COLUMNS)]
+    return _save(fig, table, out_file, fmt, list(notes))
+
+
 def plot_run(run_dir: Path, out_file: Path, fmt: PlotFormat) -> Plotted:
     """One run's train reward rate (or BP train accuracy), validation and test accuracy per epoch, best-val marked."""
-    record = RunRecord(run_dir, run_folder.read_config(run_dir), run_folder.read_summary(run_dir))
-    run, summary, config = _Run(record, run_folder.read_log(run_dir)), record.summary, record.config.to_dict()
-    if run.log.empty:
-        raise QagrelError(f"{run_dir} has no finished epoch yet; nothing to plot")
+    run = _one_run(run_dir)
+    record, summary, config = run.record, run.record.summary, run.config
     curves = {c: run.curve(c) for c in ("train_reward", "val_acc", "test_acc")}
     table = pd.DataFrame({"epoch": curves["val_acc"].index, **{c: s.to_numpy() for c, s in curves.items()}})
     # The epoch the model is kept from (its test accuracy is Table 1's): the engine's when finished, else
@@ -220,6 +272,15 @@ def plot_run(run_dir: Path, out_file: Path, fmt: PlotFormat) -> Plotted:
     fig.supxlabel(f"{RULE_NAMES.get(config.get('rule'), config.get('rule'))}, {status} after epoch {last}. "
                   "Circle: best validation accuracy (the epoch the model is kept from).", fontsize="small")
     return _save(fig, table, out_file, fmt, [])
+
+
+def _one_run(run_dir: Path) -> _Run:
+    """One run folder, finished or not (its curves so far), as a _Run."""
+    record = RunRecord(run_dir, run_folder.read_config(run_dir), run_folder.read_summary(run_dir))
+    run = _Run(record, run_folder.read_log(run_dir))
+    if run.log.empty:
+        raise QagrelError(f"{run_dir} has no finished epoch yet; nothing to plot")
+    return run
 
 
 def _finished_runs(root: Path) -> tuple[list[_Run], list[str], list[str]]:
@@ -268,9 +329,7 @@ def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Se
 
 def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterStop) -> pd.DataFrame:
     """Mean line and +/- 2 SD band per rule (and variant) on `ax`; returns the plotted numbers."""
-    first = runs[0]
-    dataset, arch = str(first.config["dataset"]), str(first.config["arch"])
-    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}\n{arch} {first.hidden_units}", fontsize="medium")
+    panel = _panel_columns(ax, runs[0])
     by_rule: dict[str, list[_Run]] = defaultdict(list)
     for run in runs:
         by_rule[str(run.config["rule"])].append(run)
@@ -282,20 +341,95 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
             label = f"{RULE_NAMES.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
             ax.plot(stats["epoch"], stats["mean"], color=color, label=label)
             ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.25, linewidth=0)
-            tables.append(stats.assign(panel=f"{dataset}-{arch}-{'-'.join(map(str, first.fc))}", dataset=dataset,
-                                       arch=arch, hidden_units=first.hidden_units, rule=rule, variant=variant))
+            tables.append(stats.assign(**panel, rule=rule, variant=variant))
     _style_axes(ax)
     return pd.concat(tables, ignore_index=True)
 
 
-def _variants(runs: Sequence[_Run]) -> dict[str, list[_Run]]:
-    """Group one rule's runs by the config fields (other than seed) that differ between them: 'lr=0.1' -> runs."""
-    fields = [f for f in CONFIG_FIELDS if f not in _NOT_VARIANT]
-    varying = [f for f in fields if len({repr(r.config.get(f)) for r in runs}) > 1]
+def _draw_angle_panel(ax: Axes, runs: Sequence[_Run], after_stop: AfterStop) -> pd.DataFrame:
+    """Mean line and +/- 2 SD band per layer and feedback mode (and variant) on `ax`, a dashed line at 90°;
+    returns the plotted numbers."""
+    panel = _panel_columns(ax, runs[0])
+    ax.axhline(90, color="grey", linestyle="--", linewidth=1)
+    tables, curves = [], 0
+    for variant, group in _variants(runs, _NOT_ANGLE_VARIANT).items():
+        by_feedback: dict[str, list[_Run]] = defaultdict(list)
+        for run in group:
+            by_feedback[str(run.config["feedback"])].append(run)
+        for feedback in sorted(by_feedback, key=lambda f: _order(Feedback, f)):
+            members, style = by_feedback[feedback], _CURVE_STYLES[curves % len(_CURVE_STYLES)]
+            curves += 1
+            for layer in members[0].angle_layers:  # one panel, one architecture: the same layers
+                stats = aggregate([r.curve(f"{ANGLE_PREFIX}{layer}") for r in members], after_stop)
+                color = _LAYER_COLORS[layer % len(_LAYER_COLORS)]
+                label = f"layer {layer}, {feedback}{f' ({variant})' if variant else ''}, n={len(members)}"
+                ax.plot(stats["epoch"], stats["mean"], color=color, linestyle=style, label=label)
+                ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.2, linewidth=0)
+                tables.append(stats.assign(**panel, feedback=feedback, variant=variant, layer=layer))
+    # From 0 (reciprocal) to past the 90° line, and past any band above it (anti-aligned weights reach 180°).
+    ax.set_ylim(0, max([100.0, *(float(t["upper"].max()) + 5 for t in tables if t["upper"].notna().any())]))
+    ax.set_ylabel(r"angle between $W$ and $W'^T$ (degrees)")
+    _style_axes(ax)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _panel_grid(runs: Sequence[_Run]) -> tuple[Figure, list[tuple[Axes, list[_Run]]], float]:
+    """A figure with one panel per dataset (columns) and architecture/hidden-units group (rows), panels with no
+    runs hidden; returns it, each drawn panel with its runs (row by row), and the figure's width in inches."""
+    panels = _panels(runs)
+    columns = sorted({d for d, _, _ in panels}, key=lambda d: _order(Dataset, d))
+    rows = sorted({(a, fc) for _, a, fc in panels}, key=lambda g: (_order(Arch, g[0]), g[1]))
+    width = max(6.4, 4.6 * len(columns))  # one panel alone still has room for the title and caption
+    fig = _figure(figsize=(width, 3.5 * len(rows) + 0.7))
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    drawn = []
+    for i, (arch, fc) in enumerate(rows):
+        for j, dataset in enumerate(columns):
+            if (dataset, arch, fc) in panels:
+                drawn.append((axes[i][j], panels[(dataset, arch, fc)]))
+            else:
+                axes[i][j].set_axis_off()  # e.g. the fc networks were only run on MNIST
+    return fig, drawn, width
+
+
+def _panels(runs: Sequence[_Run]) -> dict[tuple[str, str, tuple[int, ...]], list[_Run]]:
+    """The runs by panel: (dataset, arch, fc sizes)."""
+    panels: dict[tuple[str, str, tuple[int, ...]], list[_Run]] = defaultdict(list)
+    for run in runs:
+        panels[(str(run.config["dataset"]), str(run.config["arch"]), run.fc)].append(run)
+    return panels
+
+
+def _panel_columns(ax: Axes, first: _Run) -> dict[str, str]:
+    """Title `ax` with the panel's dataset, architecture and hidden units; returns the CSV's panel columns."""
+    dataset, arch = str(first.config["dataset"]), str(first.config["arch"])
+    ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}\n{arch} {first.hidden_units}", fontsize="medium")
+    return {"panel": f"{dataset}-{arch}-{'-'.join(map(str, first.fc))}", "dataset": dataset, "arch": arch,
+            "hidden_units": first.hidden_units}
+
+
+def _varying(runs: Sequence[_Run], ignore: frozenset[str] = _NOT_VARIANT) -> list[str]:
+    """The config fields, other than those in `ignore`, whose values differ between `runs`."""
+    return [f for f in CONFIG_FIELDS if f not in ignore and len({repr(r.config.get(f)) for r in runs}) > 1]
+
+
+def _variants(runs: Sequence[_Run], ignore: frozenset[str] = _NOT_VARIANT) -> dict[str, list[_Run]]:
+    """Group runs by the config fields (other than seed and `ignore`) that differ between them: 'lr=0.1' -> runs."""
+    varying = _varying(runs, ignore)
     groups: dict[str, list[_Run]] = defaultdict(list)
     for run in runs:
         groups[", ".join(f"{f}={run.config.get(f)}" for f in varying)].append(run)
     return dict(sorted(groups.items()))
+
+
+# Non-breaking spaces keep "± 2 SD" on one line when a caption wraps.
+_BAND_SENTENCE = "Line: mean over seeds; band: mean\u00a0±\u00a02\u00a0SD."
+
+
+def _stop_sentence(after_stop: AfterStop) -> str:
+    """The caption's account of seeds that stopped early."""
+    return ("Seeds that stopped early hold their last value." if after_stop == AfterStop.hold
+            else "Seeds that stopped early drop out of the mean (n falls; no band where n < 2).")
 
 
 def _order(enum: type[Enum], value: str) -> tuple[int, str]:
@@ -341,4 +475,5 @@ def _save(fig: Figure, table: pd.DataFrame, out_file: Path, fmt: PlotFormat, not
     return Plotted(out_file, csv, notes)
 
 
-__all__ = ["plot", "plot_figure3", "plot_run", "aggregate", "Metric", "AfterStop", "PlotFormat", "Plotted"]
+__all__ = ["plot", "plot_figure3", "plot_angles", "plot_run", "aggregate", "Metric", "AfterStop", "PlotFormat",
+           "Plotted"]
