@@ -155,11 +155,12 @@ def alignment_angles(net: QNetwork) -> list[float]:
     """Per layer, the angle in degrees between W and W'^T (0 = strict reciprocity).
 
     W' is stored in W's index order (see layers.py), so this is the angle
-    between the two tensors as stored.
+    between the two tensors as stored. Computed in float64: near 0 degrees the
+    arccos magnifies float32 rounding of the cosine to a tenth of a degree.
     """
     angles = []
     for layer in net.layers:
-        w, b = layer.weight.detach().flatten(), layer.feedback_weight.flatten()
+        w, b = layer.weight.detach().flatten().double(), layer.feedback_weight.flatten().double()
         cos = torch.dot(w, b) / (w.norm() * b.norm()).clamp_min(1e-30)
         angles.append(math.degrees(math.acos(max(-1.0, min(1.0, float(cos))))))
     return angles
