@@ -133,6 +133,8 @@ def train(
     train_size: Annotated[Optional[int], typer.Option(
         help="Train on only N samples (quick looks on a CPU). Default: all but the validation set.",
         rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    val_size: Annotated[int, typer.Option(help="Training images held out for validation (early stopping), drawn "
+                                          "per seed.", rich_help_panel=DATA_PANEL)] = 1000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA when present.",
                                         rich_help_panel=RUN_PANEL)] = "auto",
     out: Annotated[Optional[Path], typer.Option(
@@ -155,7 +157,8 @@ def train(
         config = TrainConfig(dataset=dataset, arch=arch, rule=rule, fc=fc, seed=seed or 0, lr=lr,
                              optimizer=optimizer, epsilon=epsilon, feedback=feedback, init=init,
                              init_range=init_range, input_scaling=input_scaling, batch_size=batch_size,
-                             max_epochs=max_epochs, patience=patience, train_size=train_size, device=device)
+                             max_epochs=max_epochs, patience=patience, train_size=train_size, val_size=val_size,
+                             device=device)
         configs = [config] if seeds is None else [replace(config, seed=s) for s in parse_seeds(seeds)]
         run_dirs = run_folders(configs, out, packed=seeds is not None)
         summaries = train_runs(configs, run_dirs, data_dir=data_dir, download=download, quiet=quiet,
