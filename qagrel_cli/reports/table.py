@@ -33,6 +33,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
 from qagrel_cli.core.config import ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, QagrelError, TrainConfig
+from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, row_key, row_key_fields,
                                      table1_order)
 from qagrel_cli.sweeps.results import RunRecord
@@ -363,26 +364,35 @@ def _ratio_grid(table: ResultTable) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
-def rich_view(table: ResultTable) -> RenderableType:
-    """The table for a terminal, sections per dataset, definitions underneath."""
+def rich_view(table: ResultTable, console: Console | None = None) -> RenderableType:
+    """The table for a terminal, sections per dataset, definitions underneath; fitted to `console`'s width
+    (reports/console.py: no word is cut in two) when one is given."""
     headers, cells = _grid(table)
     view = Table(title=f"Table 1 layout: {table.source}" if table.source else None,
                  caption="\n".join(table.notes()), caption_justify="left")
     numeric = _numeric_from(table)
-    for i, header in enumerate(headers):  # fold, never cut, cells that do not fit the terminal
-        view.add_column(header, justify="right" if i >= numeric else "left", overflow="fold")
+    for i, header in enumerate(headers):  # the settings that name a row are shortened last
+        view.add_column(header, justify="right" if i >= numeric else "left", no_wrap=i < numeric)
     for i, line in enumerate(cells):
         last_of_dataset = i + 1 == len(cells) or table.rows[i + 1].key.dataset != table.rows[i].key.dataset
         view.add_row(*line, end_section=last_of_dataset)
+    if console is not None:
+        fit(view, console, short_headers=_SHORT_HEADERS)
     if not table.ratios:
         return view
     ratio_headers, ratio_cells = _ratio_grid(table)
     ratios = Table(title="Q-AGREL / Error-BP epochs")
-    for header in ratio_headers:
-        ratios.add_column(header)
+    for i, header in enumerate(ratio_headers):
+        ratios.add_column(header, no_wrap=i < len(ratio_headers) - 2)
     for line in ratio_cells:
         ratios.add_row(*line)
+    if console is not None:
+        fit(ratios, console)
     return Group(view, ratios)
+
+
+# The headers a narrow terminal gets (reports/console.py `fit`).
+_SHORT_HEADERS = {"Epochs [#]": "Ep. [#]", "Accuracy [%]": "Acc. [%]"}
 
 
 def markdown_table(headers: list[str], cells: list[list[str]], numeric_from: int) -> list[str]:
@@ -477,7 +487,7 @@ def render(table: ResultTable, fmt: TableFormat, width: int = 160) -> str:
     """The table as text in `fmt` (rich is rendered without colours, for files)."""
     if fmt == TableFormat.rich:
         console = Console(file=io.StringIO(), width=width, color_system=None)
-        console.print(rich_view(table))
+        console.print(rich_view(table, console))
         return console.file.getvalue()
     return {TableFormat.markdown: to_markdown, TableFormat.latex: to_latex, TableFormat.csv: to_csv}[fmt](table)
 
