@@ -433,6 +433,7 @@ def plot(
                            datasets=dataset or (), archs=arch or (), fcs=fc or ())
     except QagrelError as err:
         raise fail(str(err)) from None
+    warn(result.warnings)
     for note in result.notes:
         console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     Console().print(f"wrote {result.figure}\nwrote {result.csv}", highlight=False, soft_wrap=True)

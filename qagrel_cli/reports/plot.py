@@ -70,11 +70,13 @@ CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "rule", "variant", "e
 
 @dataclass(frozen=True)
 class Plotted:
-    """What `plot` wrote, and what it left out (one line each, e.g. '2 unfinished runs not shown')."""
+    """What `plot` wrote, what it left out (one line each, e.g. '2 unfinished runs not shown'), and one
+    warning per damaged file it skipped."""
 
     figure: Path
     csv: Path
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def plot(path: Path, out: Path | None = None, *, metric: Metric = Metric.train,
     name_parts += ["drop"] if after_stop == AfterStop.drop else []
     out_file, fmt = _output_file(out, path / FIGURES_FOLDER, "_".join(name_parts), fmt)
     plotted = plot_figure3(runs, out_file, fmt, metric=metric, after_stop=after_stop, notes=notes)
-    return Plotted(plotted.figure, plotted.csv, [*plotted.notes, *warnings])
+    return Plotted(plotted.figure, plotted.csv, plotted.notes, warnings)
 
 
 def aggregate(curves: Sequence[pd.Series], after_stop: AfterStop = AfterStop.hold) -> pd.DataFrame:
@@ -250,7 +252,7 @@ def _finished_runs(root: Path) -> tuple[list[_Run], list[str], list[str]]:
     notes = [f"{n} {kind} run{'s' if n > 1 else ''} not shown." for kind, n in left_out.items() if n]
     if not runs:
         raise QagrelError(f"no finished runs in {root} ({', '.join(f'{n} {k}' for k, n in left_out.items() if n)})")
-    return runs, notes, results.warnings()
+    return runs, notes, results.warnings(log_note="its run is not plotted")
 
 
 def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Sequence[Arch],
