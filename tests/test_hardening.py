@@ -131,6 +131,22 @@ def test_status_on_the_parent_folder_counts_a_run_with_a_garbage_config_as_damag
     assert row(result, "total")[-6:] == ["3", "0", "0", "1", "0", "4"]
 
 
+def test_a_config_cut_short_at_a_line_break_is_damaged_not_read_with_defaults(tmp_path):
+    run_folder.write_config(tmp_path, TrainConfig(arch="fc", fc="16", max_epochs=7))
+    lines = (tmp_path / run_folder.CONFIG_FILE).read_text().splitlines(keepends=True)
+    (tmp_path / run_folder.CONFIG_FILE).write_text("".join(lines[:len(lines) // 2]))  # still valid YAML
+    with pytest.raises(run_folder.DamagedFile, match="lacks .*max_epochs"):
+        run_folder.read_config(tmp_path)
+
+
+def test_a_config_written_before_the_protocol_options_is_read_with_their_defaults(tmp_path):
+    run_folder.write_config(tmp_path, TrainConfig())
+    text = (tmp_path / run_folder.CONFIG_FILE).read_text()
+    (tmp_path / run_folder.CONFIG_FILE).write_text(
+        "".join(line for line in text.splitlines(keepends=True) if not line.startswith(("input_scaling", "init:"))))
+    assert run_folder.read_config(tmp_path) == TrainConfig()
+
+
 # ------------------------------------------------------------ a damaged log
 
 def test_plot_draws_the_other_runs_and_warns_once_about_a_garbage_log(results, tmp_path):
