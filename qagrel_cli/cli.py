@@ -327,7 +327,8 @@ def table(
                                                    "validation accuracy is at least this multiple of chance.",
                                                    rich_help_panel=TABLE_PANEL)] = 2.0,
     compare: Annotated[Optional[Compare], typer.Option(help="Show the paper's Table 1 beside ours, the difference "
-                                                       "in paper SDs and the Q-AGREL/BP epoch ratios.",
+                                                       "in paper SDs and the Q-AGREL/BP epoch ratios, for rows "
+                                                       "whose runs follow the paper's protocol.",
                                                        rich_help_panel=TABLE_PANEL, show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of the terminal.",
                                                 rich_help_panel=TABLE_PANEL, show_default=False)] = None,
