@@ -7,12 +7,12 @@ import sys
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape  # messages are plain text: 'qagrel[ray]' or a path with [..] is not markup
-from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from qagrel_cli.core.config import (Arch, Dataset, Feedback, Init, InputScaling, Optimizer, QagrelError, Rule,
                                     TrainConfig, parse_seeds)
@@ -26,7 +26,7 @@ from qagrel_cli.reports.table import AccuracyAt, Compare, EpochsAt, TableFormat
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
-def _no_flag_metavars(params: list) -> None:
+def _no_flag_metavars(params: list[Any]) -> None:
     """A flag takes no value, so its help shows no type: typer would print `<bool>` beside --quiet and --help."""
     for param in params:
         if getattr(param, "is_bool_flag", False) and param.metavar is None:
@@ -39,20 +39,20 @@ def _one_line_message(err: Exception) -> str:
     return re.sub(r"(?<=: )Value error, ", "", err.format_message(), count=1)  # type: ignore[attr-defined]
 
 
-class Command(TyperCommand):
+class QagrelCommand(TyperCommand):
     """A command whose help reads as command-line help conventionally does: flags without a type, and
     arguments by their metavar in the usage line (`qagrel sweep [OPTIONS] FILE`, not `{file}`)."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _no_flag_metavars(self.params)
 
-    def get_help_option(self, ctx):  # type: ignore[no-untyped-def]
+    def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
         option = super().get_help_option(ctx)  # made on first use, so it is fixed here, not in __init__
         _no_flag_metavars([option] if option is not None else [])
         return option
 
-    def collect_usage_pieces(self, ctx) -> list[str]:  # type: ignore[no-untyped-def]
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):
@@ -64,7 +64,7 @@ class Command(TyperCommand):
 class OneLineErrors(TyperGroup):
     """Report usage errors (bad option values, unknown options) as one line, not a boxed panel."""
 
-    def get_help_option(self, ctx):  # type: ignore[no-untyped-def]
+    def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
         option = super().get_help_option(ctx)
         _no_flag_metavars([option] if option is not None else [])
         return option
@@ -128,7 +128,7 @@ DownloadOption = Annotated[bool, typer.Option(
     "--download/--no-download", help="Download missing datasets (needs internet).", rich_help_panel=DATA_PANEL)]
 
 
-@app.command(cls=Command)
+@app.command(cls=QagrelCommand)
 def train(
     rule: Annotated[Rule, typer.Option(help="Learning rule: Q-AGREL (trial and error) or error-backpropagation.",
                                        rich_help_panel=RULE_PANEL)] = Rule.qagrel,
@@ -234,7 +234,7 @@ class Executor(str, Enum):
 RAY_PANEL = "Ray (--executor ray)"
 
 
-@app.command(cls=Command)
+@app.command(cls=QagrelCommand)
 def sweep(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Sweep file (YAML), e.g. sweeps/table1.yaml.",
                                          show_default=False)],
@@ -297,7 +297,7 @@ def sweep(
         raise fail("failed runs: " + ", ".join(str(results / plan.name / r / "_error.txt") for r in outcome.failed), 1)
 
 
-@app.command(cls=Command)
+@app.command(cls=QagrelCommand)
 def status(
     directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A sweep's results folder (e.g. "
                                               "results/table1) or a folder of several.")] = Path("results"),
@@ -311,7 +311,7 @@ def status(
         raise fail(str(err)) from None
 
 
-@app.command(cls=Command)
+@app.command(cls=QagrelCommand)
 def table(
     directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A folder of runs, e.g. results/table1 "
                                               "or results/.", show_default=False)],
@@ -359,7 +359,7 @@ def table(
         sys.stdout.write(render(result, fmt))
 
 
-@app.command(cls=Command)
+@app.command(cls=QagrelCommand)
 def milestones(
     directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A folder of runs with an epoch budget, "
                                               "e.g. results/protocol.", show_default=False)],
@@ -399,7 +399,7 @@ def milestones(
 FIGURE3_PANEL = "Figure 3 (a folder of runs)"
 
 
-@app.command(cls=Command)
+@app.command(cls=QagrelCommand)
 def plot(
     path: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A folder of runs (e.g. results/table1): "
                                          "Figure 3 over them. One run folder: its learning curves.",
