@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape  # messages are plain text: 'qagrel[ray]' or a path with [..] is not markup
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from qagrel_cli.core.config import (Arch, Dataset, Feedback, Init, InputScaling, Optimizer, QagrelError, Rule,
                                     TrainConfig, parse_seeds)
 # Option choices only: these modules load torch and matplotlib lazily, when a command runs.
+from qagrel_cli.reports.console import report_console
 from qagrel_cli.reports.milestones import MilestoneFormat
 from qagrel_cli.reports.plot import AfterStop, Metric, PlotFormat
 from qagrel_cli.reports.table import AccuracyAt, Compare, EpochsAt, TableFormat
@@ -24,8 +26,48 @@ from qagrel_cli.reports.table import AccuracyAt, Compare, EpochsAt, TableFormat
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
+def _no_flag_metavars(params: list[Any]) -> None:
+    """A flag takes no value, so its help shows no type: typer would print `<bool>` beside --quiet and --help."""
+    for param in params:
+        if getattr(param, "is_bool_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+def _one_line_message(err: Exception) -> str:
+    """The usage error's message without the validation library's prefix: "Invalid value for '--rule':
+    'foo' is not one of 'qagrel', 'bp'.", not "...: Value error, 'foo' ..."."""
+    return re.sub(r"(?<=: )Value error, ", "", err.format_message(), count=1)  # type: ignore[attr-defined]
+
+
+class QagrelCommand(TyperCommand):
+    """A command whose help reads as command-line help conventionally does: flags without a type, and
+    arguments by their metavar in the usage line (`qagrel sweep [OPTIONS] FILE`, not `{file}`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _no_flag_metavars(self.params)
+
+    def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
+        option = super().get_help_option(ctx)  # made on first use, so it is fixed here, not in __init__
+        _no_flag_metavars([option] if option is not None else [])
+        return option
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or param.name.upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
 class OneLineErrors(TyperGroup):
     """Report usage errors (bad option values, unknown options) as one line, not a boxed panel."""
+
+    def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
+        option = super().get_help_option(ctx)
+        _no_flag_metavars([option] if option is not None else [])
+        return option
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
         if not standalone_mode:
@@ -37,7 +79,8 @@ class OneLineErrors(TyperGroup):
                 err.show()
                 sys.exit(0)
             where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-            console.print(f"[bold red]error:[/] {err.format_message()}{where}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(_one_line_message(err))}{where}", highlight=False,
+                          soft_wrap=True)
             sys.exit(2)
         except typer.Abort:
             sys.exit(130)
@@ -85,7 +128,7 @@ DownloadOption = Annotated[bool, typer.Option(
     "--download/--no-download", help="Download missing datasets (needs internet).", rich_help_panel=DATA_PANEL)]
 
 
-@app.command()
+@app.command(cls=QagrelCommand)
 def train(
     rule: Annotated[Rule, typer.Option(help="Learning rule: Q-AGREL (trial and error) or error-backpropagation.",
                                        rich_help_panel=RULE_PANEL)] = Rule.qagrel,
@@ -170,7 +213,7 @@ def train(
             raise fail("interrupted; every finished epoch is saved: run the same command again to resume", 130)
         raise fail("interrupted before the first epoch ended: nothing was saved", 130)
     for summary in summaries:
-        print_summary(summary, Console())
+        print_summary(summary, report_console())
     diverged = [s for s in summaries if s["diverged"]]
     if diverged:
         where = ", ".join(f"seed {s['config']['seed']} at epoch {s['stop_epoch']}" for s in diverged)
@@ -194,9 +237,10 @@ class Executor(str, Enum):
 RAY_PANEL = "Ray (--executor ray)"
 
 
-@app.command()
+@app.command(cls=QagrelCommand)
 def sweep(
-    file: Annotated[Path, typer.Argument(help="Sweep file (YAML), e.g. sweeps/table1.yaml.", show_default=False)],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Sweep file (YAML), e.g. sweeps/table1.yaml.",
+                                         show_default=False)],
     workers: Annotated[int, typer.Option(min=1, help="Runs trained at once, one process each; CPU threads are "
                                          "divided among them, GPUs shared round the runs.",
                                          rich_help_panel=SWEEP_PANEL)] = 1,
@@ -235,10 +279,11 @@ def sweep(
         if estimate and not dry_run:
             raise QagrelError("--estimate goes with --dry-run: qagrel sweep FILE --dry-run --estimate")
         if dry_run:
-            print_plan(plan, results, Console())
+            print_plan(plan, results, report_console())
             if estimate:
                 from qagrel_cli.reports.estimate import estimate_sweep, print_estimate
-                print_estimate(estimate_sweep(list(plan.configs), workers=workers, pack=pack or plan.pack), Console())
+                print_estimate(estimate_sweep(list(plan.configs), workers=workers, pack=pack or plan.pack),
+                               report_console())
             return
         ray = None
         if executor == Executor.ray:
@@ -255,24 +300,24 @@ def sweep(
         raise fail("failed runs: " + ", ".join(str(results / plan.name / r / "_error.txt") for r in outcome.failed), 1)
 
 
-@app.command()
+@app.command(cls=QagrelCommand)
 def status(
-    directory: Annotated[Path, typer.Argument(help="A sweep's results folder (e.g. results/table1) or a folder "
-                                              "of several.")] = Path("results"),
+    directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A sweep's results folder (e.g. "
+                                              "results/table1) or a folder of several.")] = Path("results"),
 ) -> None:
     """Count done / running / failed / pending runs per Table 1 row."""
     from qagrel_cli.reports.status import print_status
 
     try:
-        print_status(directory, Console())
+        print_status(directory, report_console())
     except QagrelError as err:
         raise fail(str(err)) from None
 
 
-@app.command()
+@app.command(cls=QagrelCommand)
 def table(
-    directory: Annotated[Path, typer.Argument(help="A folder of runs, e.g. results/table1 or results/.",
-                                              show_default=False)],
+    directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A folder of runs, e.g. results/table1 "
+                                              "or results/.", show_default=False)],
     fmt: Annotated[TableFormat, typer.Option("--format", help="rich (terminal), markdown, latex (booktabs) or csv.",
                                              rich_help_panel=TABLE_PANEL)] = TableFormat.rich,
     epochs: Annotated[EpochsAt, typer.Option(help="Epochs column: the epoch the stopping criterion was met (stop, "
@@ -285,7 +330,8 @@ def table(
                                                    "validation accuracy is at least this multiple of chance.",
                                                    rich_help_panel=TABLE_PANEL)] = 2.0,
     compare: Annotated[Optional[Compare], typer.Option(help="Show the paper's Table 1 beside ours, the difference "
-                                                       "in paper SDs and the Q-AGREL/BP epoch ratios.",
+                                                       "in paper SDs and the Q-AGREL/BP epoch ratios, for rows "
+                                                       "whose runs follow the paper's protocol.",
                                                        rich_help_panel=TABLE_PANEL, show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of the terminal.",
                                                 rich_help_panel=TABLE_PANEL, show_default=False)] = None,
@@ -307,15 +353,16 @@ def table(
     if out is not None:
         console.print(f"wrote {out}", highlight=False)
     elif fmt == TableFormat.rich:
-        Console().print(rich_view(result))
+        view_console = report_console()
+        view_console.print(rich_view(result, view_console))
     else:
         sys.stdout.write(render(result, fmt))
 
 
-@app.command()
+@app.command(cls=QagrelCommand)
 def milestones(
-    directory: Annotated[Path, typer.Argument(help="A folder of runs with an epoch budget, e.g. results/protocol.",
-                                              show_default=False)],
+    directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A folder of runs with an epoch budget, "
+                                              "e.g. results/protocol.", show_default=False)],
     fmt: Annotated[MilestoneFormat, typer.Option("--format", help="rich (terminal), markdown or csv.",
                                                  rich_help_panel=TABLE_PANEL)] = MilestoneFormat.rich,
     out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of the terminal.",
@@ -349,10 +396,11 @@ def milestones(
 FIGURE3_PANEL = "Figure 3 (a folder of runs)"
 
 
-@app.command()
+@app.command(cls=QagrelCommand)
 def plot(
-    path: Annotated[Path, typer.Argument(help="A folder of runs (e.g. results/table1): Figure 3 over them. "
-                                         "One run folder: its learning curves.", show_default=False)],
+    path: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A folder of runs (e.g. results/table1): "
+                                         "Figure 3 over them. One run folder: its learning curves.",
+                                         show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
         help="Folder for the figure, or a file name ending in .png, .pdf or .svg. Default: _figures/ in the "
         "folder plotted (beside a single run folder). "
@@ -389,6 +437,7 @@ def plot(
                            datasets=dataset or (), archs=arch or (), fcs=fc or ())
     except QagrelError as err:
         raise fail(str(err)) from None
+    warn(result.warnings)
     for note in result.notes:
         console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     Console().print(f"wrote {result.figure}\nwrote {result.csv}", highlight=False, soft_wrap=True)

@@ -1,4 +1,19 @@
-"""Shared fixtures: where the real MNIST lies, and a tiny-run config factory."""
+"""Shared fixtures: where the real MNIST lies, and a tiny-run config factory.
+
+Tests train on real MNIST, found in this order:
+
+1. `$QAGREL_DATA`, if it holds MNIST (`MNIST/raw/`, plain or .gz IDX files);
+2. `../shared/data` beside the checkout, if it holds MNIST;
+3. `tests/fixtures/mnist-small/`, committed to the repository: the first 2,000
+   training and 500 test images of the real MNIST (built by
+   tests/fixtures/make_mnist_small.py), so that a fresh clone runs every test.
+
+`QAGREL_TEST_FIXTURE_ONLY=1` skips 1 and 2, so a run of the tests can check
+that they pass on the committed subset alone (as a fresh clone does). A test
+must therefore fit 2,000 training images: val_size + train_size <= 2,000
+(e.g. the default val_size 1000 with train_size <= 1000). A test that needs
+more uses `FULL_MNIST` to pick sizes for the data at hand.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +28,41 @@ from qagrel_cli.core import training as engine
 from qagrel_cli.core.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-# Real MNIST in torchvision's layout: $QAGREL_DATA when set, else ../shared/data beside the checkout.
-SHARED_DATA = Path(os.environ.get("QAGREL_DATA") or REPO.parent / "shared" / "data")
+MNIST_FIXTURE = REPO / "tests" / "fixtures" / "mnist-small"
+MNIST_FIXTURE_SIZES = (2000, 500)  # training, test images in the committed subset
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+              "t10k-labels-idx1-ubyte")
+
+
+def holds_mnist(data_dir: Path) -> bool:
+    """True when `data_dir/MNIST/raw/` has all four IDX files, plain or gzipped (what qagrel reads)."""
+    raw = data_dir / "MNIST" / "raw"
+    return all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in _IDX_FILES)
+
+
+def find_mnist() -> Path:
+    """The MNIST folder the tests use: $QAGREL_DATA, else ../shared/data, else the committed subset."""
+    if os.environ.get("QAGREL_TEST_FIXTURE_ONLY") != "1":
+        candidates = [Path(os.environ["QAGREL_DATA"]).expanduser()] if os.environ.get("QAGREL_DATA") else []
+        # Not `else`: a QAGREL_DATA that does not hold MNIST must not hide the shared copy.
+        candidates.append(REPO.parent / "shared" / "data")
+        for folder in candidates:
+            if holds_mnist(folder):
+                return folder
+    return MNIST_FIXTURE
+
+
+MNIST_DATA = find_mnist()
+# False on the committed subset: tests that need more than 2,000 training images size themselves by it.
+FULL_MNIST = MNIST_DATA != MNIST_FIXTURE
+SHARED_DATA = MNIST_DATA  # the name test modules imported before the fixture existed
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        pytest.skip(f"real MNIST not found under {SHARED_DATA}")
-    return SHARED_DATA
+    if not holds_mnist(MNIST_DATA):  # only if the committed subset was deleted
+        pytest.skip(f"real MNIST not found under {MNIST_DATA}")
+    return MNIST_DATA
 
 
 @functools.cache

@@ -17,7 +17,7 @@ from qagrel_cli.core import data
 from qagrel_cli.core.config import Dataset, QagrelError
 from qagrel_cli.core.data import RawData, default_data_dir, load_dataset, make_splits
 
-from conftest import SHARED_DATA
+from conftest import FULL_MNIST, MNIST_FIXTURE_SIZES
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -98,10 +98,8 @@ def _tiny_raw(n: int = 1500, n_test: int = 30) -> RawData:
 
 
 @pytest.fixture(scope="module")
-def real_mnist() -> RawData:
-    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found at {SHARED_DATA / 'MNIST' / 'raw'}")
-    return load_dataset(Dataset.mnist, SHARED_DATA, download=False)
+def real_mnist(mnist_dir) -> RawData:
+    return load_dataset(Dataset.mnist, mnist_dir, download=False)
 
 
 # ---------------------------------------------------------------- data dir
@@ -119,11 +117,13 @@ def test_default_data_dir_is_dot_data_when_unset(monkeypatch):
 # ---------------------------------------------------------------- MNIST family
 
 def test_mnist_loads_real_files_offline(real_mnist):
-    assert real_mnist.train_x.shape == (60000, 1, 28, 28)
-    assert real_mnist.test_x.shape == (10000, 1, 28, 28)
+    # The full MNIST, or the committed subset of it (tests/conftest.py), gzipped.
+    n_train, n_test = (60000, 10000) if FULL_MNIST else MNIST_FIXTURE_SIZES
+    assert real_mnist.train_x.shape == (n_train, 1, 28, 28)
+    assert real_mnist.test_x.shape == (n_test, 1, 28, 28)
     assert real_mnist.train_x.dtype == torch.uint8 and real_mnist.test_x.dtype == torch.uint8
-    assert real_mnist.train_y.dtype == torch.int64 and real_mnist.train_y.shape == (60000,)
-    assert real_mnist.test_y.shape == (10000,)
+    assert real_mnist.train_y.dtype == torch.int64 and real_mnist.train_y.shape == (n_train,)
+    assert real_mnist.test_y.shape == (n_test,)
     assert set(real_mnist.train_y.unique().tolist()) == set(range(10))
     assert set(real_mnist.test_y.unique().tolist()) == set(range(10))
     assert real_mnist.num_classes == 10

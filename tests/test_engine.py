@@ -19,7 +19,7 @@ from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import RawData, make_splits
 from qagrel_cli.core.training import Trainer, train
 
-from conftest import REPO
+from conftest import FULL_MNIST, REPO
 
 # Columns that must be bitwise reproducible (timings are not).
 DETERMINISTIC = ["epoch", "train_reward", "train_loss", "val_acc", "test_acc"]
@@ -34,12 +34,16 @@ def tiny(**overrides) -> TrainConfig:
 
 @pytest.mark.parametrize("rule", ["qagrel", "bp"])
 def test_a_few_hundred_batches_of_real_mnist_lift_test_accuracy_far_above_chance(rule, mnist_dir, tmp_path):
-    # 200 batches of 100 on the paper's fc network (1500-1000-500) at Table 1's learning rates.
-    # Measured with seed 0: Q-AGREL 0.920, BP 0.910 test accuracy (chance: 0.10).
-    config = TrainConfig(rule=rule, arch="fc", train_size=20000, max_epochs=1, device="cpu")
+    # About 200 batches of 100 on the paper's fc network (1500-1000-500) at Table 1's learning rates.
+    # Full MNIST: one epoch of 20000 images; measured with seed 0: Q-AGREL 0.920, BP 0.910 test accuracy.
+    # The committed subset (tests/conftest.py): 11 epochs of its 1800 images left after a validation set
+    # of 200; measured: Q-AGREL 0.888, BP 0.872 on its 500 test images. Chance: 0.10.
+    sizes = (dict(train_size=20000, max_epochs=1) if FULL_MNIST
+             else dict(train_size=1800, val_size=200, max_epochs=11))
+    config = TrainConfig(rule=rule, arch="fc", device="cpu", **sizes)
     summary = train(config, tmp_path / rule, data_dir=mnist_dir, quiet=True)
-    assert summary["status"] == "finished"
-    assert summary["test_acc_at_stop"] > 0.85
+    assert summary["status"] == "finished" and summary["stop_epoch"] == sizes["max_epochs"]
+    assert summary["test_acc_at_stop"] > (0.85 if FULL_MNIST else 0.8)
 
 
 def test_same_seed_gives_bitwise_identical_epoch_log_on_cpu(small_mnist, tmp_path):

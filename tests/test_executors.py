@@ -27,9 +27,9 @@ from qagrel_cli.sweeps.ledger import SweepOutcome, try_lock
 from qagrel_cli.sweeps.orchestrator import run_sweep
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
-from conftest import SHARED_DATA
+from conftest import MNIST_DATA
 
-DATA = SHARED_DATA
+DATA = MNIST_DATA
 # device cpu: a pack then trains its members one after another (core/packs.py's loop strategy), which is
 # bitwise what the runs alone do; a CUDA pack is vmapped and agrees only to rtol 1e-5 (test_pack.py).
 TINY = {"dataset": "mnist", "arch": "fc", "fc": "16", "rule": ["qagrel", "bp"], "train_size": 300,
@@ -71,10 +71,8 @@ def assert_same_results(ours: Path, theirs: Path, runs_expected: int = 4) -> Non
 
 
 @pytest.fixture
-def data() -> Path:
-    if not (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        pytest.skip(f"real MNIST not found under {DATA}")
-    return DATA
+def data(mnist_dir) -> Path:
+    return mnist_dir
 
 
 # ------------------------------------------------------------ packs

@@ -28,6 +28,8 @@ from qagrel_cli.sweeps.ledger import RunStatus, SweepOutcome, run_status  # noqa
 from qagrel_cli.sweeps.sweep_file import load_sweep  # noqa: E402
 from test_executors import DATA, TINY, assert_same_results, sweep_with, write_sweep  # noqa: E402
 
+from conftest import holds_mnist  # noqa: E402
+
 # Per epoch ~1 s on one core: long enough to kill the worker between two epochs.
 SLOW = {"dataset": "mnist", "arch": "fc", "rule": "qagrel", "train_size": 1000, "val_size": 200, "max_epochs": 4,
         "patience": 10, "device": "cpu"}
@@ -35,7 +37,7 @@ SLOW = {"dataset": "mnist", "arch": "fc", "rule": "qagrel", "train_size": 1000, 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    if not (DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+    if not holds_mnist(DATA):
         pytest.skip(f"real MNIST not found under {DATA}")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield

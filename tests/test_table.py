@@ -303,3 +303,53 @@ def test_an_init_range_that_follows_from_the_init_reading_gets_no_column_of_its_
     assert table_of(tmp_path).extra_fields == ["init"]
     fabricate(tmp_path, seed=0, init_range=0.1)  # a range chosen by hand is a setting
     assert table_of(tmp_path).extra_fields == ["init", "init_range"]
+
+
+# ------------------------------------------------- the paper's protocol
+
+def test_the_papers_protocol_is_section_3_with_table_1s_alpha():
+    from qagrel_cli.reports.table import protocol_differences
+    paper = TrainConfig(arch="fc", rule="bp", seed=7, device="cpu")
+    assert (paper.train_size, paper.val_size, paper.batch_size, paper.patience, paper.max_epochs, paper.epsilon,
+            paper.feedback.value, paper.lr, paper.init_range) == (None, 1000, 100, 20, 500, 0.02, "symmetric", 0.1,
+                                                                 0.05)
+    assert protocol_differences(paper) == []
+    assert protocol_differences(TrainConfig(arch="fc", rule="bp", lr=0.3, max_epochs=4, train_size=5000)) == [
+        "α 3e-01 (paper 1e-01)", "max_epochs 4 (paper 500)", "train_size 5000 (paper all)"]
+
+
+@pytest.mark.parametrize("setting", [{"train_size": 5000}, {"max_epochs": 4}, {"val_size": 500}, {"batch_size": 10},
+                                     {"patience": 2}, {"epsilon": 0.1}, {"feedback": "fixed"}, {"init_range": 0.1}])
+def test_compare_gives_no_paper_values_to_a_row_off_the_papers_protocol(tmp_path, setting):
+    three_seeds(tmp_path, **setting)
+    table = table_of(tmp_path, compare=True)
+    (row,) = table.rows
+    (name,) = setting
+    assert row.paper is None and row.differs and row.differs[0].startswith(f"{name} ")
+    (note,) = [n for n in table.notes() if n.startswith("No paper values")]
+    assert "MNIST Q-AGREL Conv 21632-5408-500 α 1e+00 (not the paper's protocol)" in note
+    assert row.differs[0] in note
+    line = next(line for line in to_markdown(table).splitlines() if "| Q-AGREL |" in line)
+    assert line.split(" | ")[6:8] == ["–", "–"]  # the paper's epochs and their difference
+
+
+@pytest.mark.parametrize("reading", [{"input_scaling": "standardize"}, {"init": "he"},
+                                     {"rule": "bp", "optimizer": "adam"}])
+def test_the_open_readings_of_the_paper_stay_comparable_with_it(tmp_path, reading):
+    three_seeds(tmp_path, **reading)
+    (row,) = table_of(tmp_path, compare=True).rows
+    assert row.paper is not None and row.differs == ()
+
+
+def test_the_papers_epoch_ratio_is_left_out_when_a_row_it_compares_is_off_protocol(tmp_path):
+    three_seeds(tmp_path, max_epochs=30)
+    for seed in range(2):
+        fabricate(tmp_path, seed=seed, rule="bp", stop_epoch=8, max_epochs=30)
+    (ratio,) = table_of(tmp_path, compare=True).ratios
+    assert ratio.ours == pytest.approx(2.5) and ratio.paper is None
+
+
+def test_csv_says_why_a_row_has_no_paper_values(tmp_path):
+    three_seeds(tmp_path, train_size=5000)
+    (row,) = csv.DictReader(io.StringIO(to_csv(table_of(tmp_path, compare=True))))
+    assert row["paper_epochs_mean"] == "" and row["not_paper_protocol"] == "train_size 5000 (paper all)"

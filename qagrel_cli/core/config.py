@@ -85,9 +85,10 @@ DEFAULT_FC: dict[Arch, tuple[int, ...]] = {
 
 # Fields that change how a run is executed but not what it computes.
 _NOT_IDENTITY = frozenset({"device"})
-# Fields added after runs were recorded: they enter the run id only when they differ from their
-# default, so every run id recorded before them stays valid.
-_IDENTITY_WHEN_NOT_DEFAULT = ("input_scaling", "init")
+# Fields added after runs were recorded: a config may lack them (they take their default), and they
+# enter the run id only when they differ from their default, so every run id recorded before them
+# stays valid. A stored config lacking any other field is damaged, not old.
+FIELDS_ADDED_LATER = ("input_scaling", "init")
 
 
 def dataset_family(dataset: Dataset) -> str:
@@ -242,7 +243,7 @@ class TrainConfig:
     def run_id(self) -> str:
         """Readable, stable id: e.g. 'mnist-conv-500-qagrel-s3-1a2b3c4d' (computed once per config)."""
         identity = {k: v for k, v in self.to_dict().items() if k not in _NOT_IDENTITY}
-        for name in _IDENTITY_WHEN_NOT_DEFAULT:
+        for name in FIELDS_ADDED_LATER:
             if identity[name] == DEFAULTS[name]:
                 del identity[name]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
@@ -293,5 +294,5 @@ def _check_positive_float(name: str, value: Any) -> None:
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()  # every option's default (fc, lr, init_range: conv MNIST's)
 __all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
-           "CONFIG_FIELDS", "DEFAULTS", "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "DEFAULT_FC", "DATASET_NAMES",
+           "CONFIG_FIELDS", "DEFAULTS", "FIELDS_ADDED_LATER", "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "DEFAULT_FC", "DATASET_NAMES",
            "RULE_NAMES", "ARCH_NAMES"]

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import pandas as pd
 import yaml
 
-from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError, TrainConfig
+from qagrel_cli.core.config import CONFIG_FIELDS, FIELDS_ADDED_LATER, QagrelError, TrainConfig
 
 CONFIG_FILE = "_config.yaml"
 LOG_FILE = "log.parquet"
@@ -108,6 +108,11 @@ def read_config(run_dir: Path) -> TrainConfig:
         raise DamagedFile(path, _reason(err)) from None
     if not isinstance(data, dict):
         raise DamagedFile(path, f"not a mapping of options but {type(data).__name__}")
+    # write_config writes every field: a config cut short at a line break still parses as YAML, and its
+    # missing fields must not silently take their defaults (another run's settings).
+    missing = [name for name in CONFIG_FIELDS if name not in data and name not in FIELDS_ADDED_LATER]
+    if missing:
+        raise DamagedFile(path, f"lacks {', '.join(missing)}")
     try:
         return TrainConfig.from_dict({k: v for k, v in data.items() if k in CONFIG_FIELDS})
     except QagrelError as err:

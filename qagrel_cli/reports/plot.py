@@ -85,11 +85,13 @@ _CURVE_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 
 @dataclass(frozen=True)
 class Plotted:
-    """What `plot` wrote, and what it left out (one line each, e.g. '2 unfinished runs not shown')."""
+    """What `plot` wrote, what it left out (one line each, e.g. '2 unfinished runs not shown'), and one
+    warning per damaged file it skipped."""
 
     figure: Path
     csv: Path
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
     name_parts += [] if metric == Metric.train else [metric.value]
     out_file, fmt = _output_file(out, path / FIGURES_FOLDER, "_".join(name_parts + filters + drop), fmt)
     plotted = plot_figure3(runs, out_file, fmt, metric=metric, after_stop=after_stop, notes=notes)
-    return Plotted(plotted.figure, plotted.csv, [*plotted.notes, *warnings])
+    return Plotted(plotted.figure, plotted.csv, plotted.notes, warnings)
 
 
 def aggregate(curves: Sequence[pd.Series], after_stop: AfterStop = AfterStop.hold) -> pd.DataFrame:
@@ -311,7 +313,7 @@ def _finished_runs(root: Path) -> tuple[list[_Run], list[str], list[str]]:
     notes = [f"{n} {kind} run{'s' if n > 1 else ''} not shown." for kind, n in left_out.items() if n]
     if not runs:
         raise QagrelError(f"no finished runs in {root} ({', '.join(f'{n} {k}' for k, n in left_out.items() if n)})")
-    return runs, notes, results.warnings()
+    return runs, notes, results.warnings(log_note="its run is not plotted")
 
 
 def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Sequence[Arch],

@@ -12,10 +12,16 @@ from rich.table import Table
 
 from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError
 from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE
+from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import RowKey, format_setting, row_key, row_key_fields
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
+
+
+# The count columns of `qagrel status`, and the short headers they take on a narrow terminal.
+_COUNT_HEADERS = {"done": "done", "running": "run", "failed": "fail", "damaged": "dmg", "pending": "pend",
+                  "total": "all"}
 
 
 def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
@@ -28,13 +34,14 @@ def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
     table = Table(title=f"sweep {sweep.name}: {len(sweep.configs)} runs in {Path(results) / sweep.name}",
                   caption=", ".join(f"{Counter(states).get(s, 0)} {s.value}" for s in RunStatus))
     table.add_column("#", justify="right")
+    # A run id names the run's folder: kept whole (fit never goes below min_width), the settings give way.
     table.add_column("run id", no_wrap=True, min_width=max(len(c.run_id) for c in sweep.configs))
     for column in [*varying, "lr", "state"]:
-        table.add_column(column)
+        table.add_column(column.replace("_", " "))  # input scaling: a header that can wrap at its space
     for i, (config, setting, state) in enumerate(zip(sweep.configs, settings, states), 1):
         table.add_row(str(i), config.run_id, *[format_setting(setting[f]) for f in varying],
                       format_setting(setting["lr"]), state.value)
-    console.print(table)
+    console.print(fit(table, console))
 
 
 def print_status(root: Path, console: Console) -> None:
@@ -59,8 +66,8 @@ def print_status(root: Path, console: Console) -> None:
     table = Table(title=f"{root}: {len(records)} runs",
                   caption=f"pending includes {totals[RunStatus.partial]} partial run(s), resumed by the next sweep")
     for header in ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in fields[5:]]]:
-        table.add_column(header, overflow="fold")
-    for header in ("done", "running", "failed", "damaged", "pending", "total"):
+        table.add_column(header, no_wrap=True)  # names: shortened (…) only when nothing else can give way
+    for header in _COUNT_HEADERS:
         table.add_column(header, justify="right")
 
     def numbers(c: Counter) -> list[str]:
@@ -71,7 +78,7 @@ def print_status(root: Path, console: Console) -> None:
         table.add_row(*key.cells(), *numbers(rows[key]))
     table.add_section()
     table.add_row("total", *[""] * (len(fields) - 1), *numbers(totals))
-    console.print(table)
+    console.print(fit(table, console, short_headers=_COUNT_HEADERS))
     for warning in results.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for path, line in failures:

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from qagrel_cli.reports.console import fit
+
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     """Print the end-of-run summary: stop epoch, best validation, test accuracy, time."""
@@ -22,7 +24,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     table.add_row("test accuracy at stop", _percent(summary["test_acc_at_stop"]))
     table.add_row("converged", "yes" if summary["converged"] else "no")
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s on {summary['device']}")
-    console.print(table)
+    console.print(fit(table, console))
 
 
 def _percent(fraction: float | None) -> str:

@@ -7,6 +7,11 @@ Statistics are taken over the seeds that converged, as in the paper, whose `*`
 marks rows where only some seeds did. "Converged" is recomputed here from each
 summary (not diverged, best validation accuracy at least `converged_above`
 times chance), so that the threshold is the reader's choice.
+
+With the paper beside ours, a row gets the paper's values only when its runs
+follow the paper's protocol (`protocol_differences`): a 4-epoch smoke test on
+5,000 images set beside Table 1 would read as a failed reproduction. Rows that
+differ show "–" there, and a note says which settings differ.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from typing import Any, Iterable
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
-from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, QagrelError
-from qagrel_cli.reports.rows import TABLE1_FIELDS, RowKey, format_setting, row_key, row_key_fields, table1_order
+from qagrel_cli.core.config import ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, QagrelError, TrainConfig
+from qagrel_cli.reports.console import fit
+from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, row_key, row_key_fields,
+                                     table1_order)
 from qagrel_cli.sweeps.results import RunRecord
 
 
@@ -51,6 +58,45 @@ class TableFormat(str, Enum):
 
 class Compare(str, Enum):
     paper = "paper"  # Table 1 of the paper, shipped as qagrel_cli/paper/table1.csv
+
+
+# ------------------------------------------------------- the paper's protocol
+
+# What a run's config may differ in and still be set beside Table 1: the seed (what a row averages over),
+# where it ran, the row itself (dataset, rule, first layer, hidden units; alpha is checked against Table 1's),
+# and the readings of the paper's open protocol choices, which are readings OF the paper: comparing
+# them with its numbers is the point of the protocol study (docs/reproduction.md).
+_COMPARABLE_WHATEVER = frozenset({"seed", "device", "dataset", "arch", "fc", "rule",
+                                  "input_scaling", "init", "optimizer"})
+
+
+def protocol_differences(config: TrainConfig) -> list[str]:
+    """The settings in which `config` departs from the paper's protocol, e.g. ['max_epochs 4 (paper 500)'].
+
+    The paper's protocol is TrainConfig's defaults, which are the paper's section 3 (all training
+    images but a validation set of 1000, batches of 100, early stopping with patience 20 within 500
+    epochs, epsilon 0.02, symmetric feedback, weights uniform in +-0.02, fc +-0.05) with Table 1's
+    alpha for the row. The init range is the paper's only under uniform init: He init, an open
+    reading, sets its own.
+    """
+    keep = {name: getattr(config, name) for name in _COMPARABLE_WHATEVER}
+    paper = TrainConfig(**keep)  # every other field at its default: alpha and init range resolved for the row
+    differences = []
+    for name in CONFIG_FIELDS:
+        ours, theirs = getattr(config, name), getattr(paper, name)
+        if name in _COMPARABLE_WHATEVER or ours == theirs:
+            continue
+        shown = {"lr": "α"}.get(name, name)
+        differences.append(f"{shown} {_setting(name, ours)} (paper {_setting(name, theirs)})")
+    return differences
+
+
+def _setting(name: str, value: Any) -> str:
+    if name == "train_size" and value is None:
+        return "all"
+    if name == "lr":
+        return format_alpha(value)
+    return format_setting(value.value if isinstance(value, Enum) else value)
 
 
 # ------------------------------------------------------------ statistics
@@ -90,6 +136,8 @@ class Row:
     converged: int
     finished: int
     paper: PaperRow | None = None
+    # With --compare: how its runs depart from the paper's protocol (then `paper` is None).
+    differs: tuple[str, ...] = ()
 
     @property
     def star(self) -> bool:
@@ -158,7 +206,20 @@ class ResultTable:
             notes.append("Paper: Table 1 of Pozzi, Bohte & Roelfsema; Δ [SD] = (ours - paper) / paper SD.")
             notes.append("Epoch ratio: mean Q-AGREL epochs / mean Error-BP epochs over the hidden units both "
                          "rules have (the paper reports 1.5-2.5x).")
+            notes += self.not_comparable()
         return notes
+
+    def not_comparable(self) -> list[str]:
+        """One note per set of settings that keeps rows from the paper's values (shown as –), naming the rows."""
+        rows_by_reason: dict[tuple[str, ...], list[str]] = {}
+        for row in self.rows:
+            if row.differs:
+                cells = row.key.cells()
+                extras = [f"{name.replace('_', ' ')} {cell}" for (name, _), cell in zip(row.key.extras, cells[5:])]
+                label = " ".join([*cells[:4], f"α {cells[4]}", *extras])
+                rows_by_reason.setdefault(row.differs, []).append(label)
+        return [f"No paper values for {'; '.join(rows)} (not the paper's protocol): {', '.join(reason)}."
+                for reason, rows in rows_by_reason.items()]
 
 
 def build_table(records: list[RunRecord], *, source: str = "", epochs_at: EpochsAt = EpochsAt.stop,
@@ -172,18 +233,21 @@ def build_table(records: list[RunRecord], *, source: str = "", epochs_at: Epochs
         raise QagrelError(f"{source or 'these runs'}: no finished runs yet ({len(records)} unfinished); "
                           "qagrel status shows where they are")
     fields = row_key_fields(finished)
-    groups: dict[RowKey, list[dict[str, Any]]] = {}
+    groups: dict[RowKey, list[RunRecord]] = {}
     for record in finished:
-        groups.setdefault(row_key(record, fields), []).append(record.summary)
+        groups.setdefault(row_key(record, fields), []).append(record)
     paper = {_paper_match(p.key): p for p in paper_table()} if compare else {}
     rows = []
-    for key, summaries in sorted(groups.items(), key=lambda item: item[0].sort_key):
+    for key, group in sorted(groups.items(), key=lambda item: item[0].sort_key):
+        summaries = [r.summary for r in group]
         ok = [s for s in summaries if is_converged(s, converged_above)]
         epochs = [float(s["stop_epoch" if epochs_at == EpochsAt.stop else "best_epoch"]) for s in ok]
         accuracy = [100 * float(s["test_acc_at_best" if accuracy_at == AccuracyAt.best else "test_acc_at_stop"])
                     for s in ok]
+        # A row's runs differ only in seed and device (else row_key would split them), so one run speaks for all.
+        differs = tuple(protocol_differences(group[0].config)) if compare else ()
         rows.append(Row(key, Stat.of(epochs), Stat.of(accuracy), len(ok), len(summaries),
-                        paper.get(_paper_match(key))))
+                        None if differs else paper.get(_paper_match(key)), differs))
     return ResultTable(source=source, rows=rows, extra_fields=fields[len(TABLE1_FIELDS):],
                        unfinished=len(records) - len(finished), epochs_at=epochs_at, accuracy_at=accuracy_at,
                        converged_above=converged_above,
@@ -202,12 +266,18 @@ def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:
 
 
 def epoch_ratios(rows: list[Row], paper: list[PaperRow]) -> list[Ratio]:
-    """Q-AGREL/BP mean epochs per dataset, first layer (and extra settings), ours and the paper's."""
+    """Q-AGREL/BP mean epochs per dataset, first layer (and extra settings), ours and the paper's.
+
+    The paper's ratio is given only where every row it is set beside follows the paper's protocol.
+    """
     by_arch: dict[tuple, dict[str, dict[str, list[float]]]] = {}
+    not_comparable: set[tuple] = set()
     for row in rows:
         if row.epochs.mean is not None:
             slot = by_arch.setdefault((row.key.dataset, row.key.arch, row.key.extras), {"qagrel": {}, "bp": {}})
             slot.setdefault(row.key.rule, {}).setdefault(row.key.hidden_units, []).append(row.epochs.mean)
+            if row.differs:
+                not_comparable.add((row.key.dataset, row.key.arch, row.key.extras, row.key.rule, row.key.hidden_units))
     paper_epochs = {(p.key.dataset, p.key.arch, p.key.rule, p.key.hidden_units): p.epochs.mean for p in paper}
     ratios = []
     for (dataset, arch, extras), rules in by_arch.items():
@@ -216,7 +286,8 @@ def epoch_ratios(rows: list[Row], paper: list[PaperRow]) -> list[Ratio]:
             continue
         ours = (statistics.fmean(v for h in common for v in rules["qagrel"][h])
                 / statistics.fmean(v for h in common for v in rules["bp"][h]))
-        theirs = [[paper_epochs.get((dataset, arch, rule, h)) for h in common] for rule in ("qagrel", "bp")]
+        theirs = [[None if (dataset, arch, extras, rule, h) in not_comparable else paper_epochs.get((dataset, arch, rule, h))
+                   for h in common] for rule in ("qagrel", "bp")]
         ratio = None if None in theirs[0] + theirs[1] else statistics.fmean(theirs[0]) / statistics.fmean(theirs[1])
         ratios.append(Ratio(dataset, arch, extras, common, ours, ratio))
     return sorted(ratios, key=lambda r: (table1_order(DATASET_NAMES, r.dataset), table1_order(ARCH_NAMES, r.arch),
@@ -293,26 +364,35 @@ def _ratio_grid(table: ResultTable) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
-def rich_view(table: ResultTable) -> RenderableType:
-    """The table for a terminal, sections per dataset, definitions underneath."""
+def rich_view(table: ResultTable, console: Console | None = None) -> RenderableType:
+    """The table for a terminal, sections per dataset, definitions underneath; fitted to `console`'s width
+    (reports/console.py: no word is cut in two) when one is given."""
     headers, cells = _grid(table)
     view = Table(title=f"Table 1 layout: {table.source}" if table.source else None,
                  caption="\n".join(table.notes()), caption_justify="left")
     numeric = _numeric_from(table)
-    for i, header in enumerate(headers):  # fold, never cut, cells that do not fit the terminal
-        view.add_column(header, justify="right" if i >= numeric else "left", overflow="fold")
+    for i, header in enumerate(headers):  # the settings that name a row are shortened last
+        view.add_column(header, justify="right" if i >= numeric else "left", no_wrap=i < numeric)
     for i, line in enumerate(cells):
         last_of_dataset = i + 1 == len(cells) or table.rows[i + 1].key.dataset != table.rows[i].key.dataset
         view.add_row(*line, end_section=last_of_dataset)
+    if console is not None:
+        fit(view, console, short_headers=_SHORT_HEADERS)
     if not table.ratios:
         return view
     ratio_headers, ratio_cells = _ratio_grid(table)
     ratios = Table(title="Q-AGREL / Error-BP epochs")
-    for header in ratio_headers:
-        ratios.add_column(header)
+    for i, header in enumerate(ratio_headers):
+        ratios.add_column(header, no_wrap=i < len(ratio_headers) - 2)
     for line in ratio_cells:
         ratios.add_row(*line)
+    if console is not None:
+        fit(ratios, console)
     return Group(view, ratios)
+
+
+# The headers a narrow terminal gets (reports/console.py `fit`).
+_SHORT_HEADERS = {"Epochs [#]": "Ep. [#]", "Accuracy [%]": "Acc. [%]"}
 
 
 def markdown_table(headers: list[str], cells: list[list[str]], numeric_from: int) -> list[str]:
@@ -386,8 +466,9 @@ def to_csv(table: ResultTable) -> str:
     header = ["dataset", "rule", "first_layer", "hidden_units", "lr", *table.extra_fields, "epochs_mean",
               "epochs_sd", "accuracy_mean", "accuracy_sd", "seeds_converged", "seeds"]
     if table.compare:
+        # not_paper_protocol: why a row has no paper values (the settings that differ), empty when it has them.
         header += ["paper_epochs_mean", "paper_epochs_sd", "paper_accuracy_mean", "paper_accuracy_sd",
-                   "epochs_diff_sd", "accuracy_diff_sd"]
+                   "epochs_diff_sd", "accuracy_diff_sd", "not_paper_protocol"]
     writer.writerow(header)
     for row in table.rows:
         k = row.key
@@ -397,7 +478,7 @@ def to_csv(table: ResultTable) -> str:
         if table.compare:
             p = row.paper
             line += ([num(p.epochs.mean), num(p.epochs.sd), num(p.accuracy.mean), num(p.accuracy.sd)]
-                     if p else ["", "", "", ""]) + [num(row.epochs_diff), num(row.accuracy_diff)]
+                     if p else ["", "", "", ""]) + [num(row.epochs_diff), num(row.accuracy_diff), "; ".join(row.differs)]
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -406,11 +487,11 @@ def render(table: ResultTable, fmt: TableFormat, width: int = 160) -> str:
     """The table as text in `fmt` (rich is rendered without colours, for files)."""
     if fmt == TableFormat.rich:
         console = Console(file=io.StringIO(), width=width, color_system=None)
-        console.print(rich_view(table))
+        console.print(rich_view(table, console))
         return console.file.getvalue()
     return {TableFormat.markdown: to_markdown, TableFormat.latex: to_latex, TableFormat.csv: to_csv}[fmt](table)
 
 
 __all__ = ["Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt", "TableFormat", "Compare",
-           "build_table", "is_converged", "epoch_ratios", "paper_table", "paper_row", "markdown_table", "render", "rich_view", "to_markdown", "to_latex",
+           "build_table", "is_converged", "epoch_ratios", "protocol_differences", "paper_table", "paper_row", "markdown_table", "render", "rich_view", "to_markdown", "to_latex",
            "to_csv"]

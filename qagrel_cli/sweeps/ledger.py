@@ -37,28 +37,41 @@ class RunStatus(str, Enum):
     done = "done"  # _summary.json exists (finished or diverged)
     running = "running"  # a live process holds the lock
     failed = "failed"  # crashed; _error.txt says why
-    damaged = "damaged"  # its summary or config cannot be read: left alone until a person looks
+    damaged = "damaged"  # its config or summary cannot be read: left alone until a person looks
     partial = "partial"  # some epochs done: the next sweep resumes it
     pending = "pending"  # nothing done yet
 
 
 def run_status(run_dir: Path) -> RunStatus:
     """The one place that decides what status a run folder has (it reads the summary and config it finds)."""
-    try:
-        if run_folder.is_finished(run_dir):
-            run_folder.read_summary(run_dir)
-            return RunStatus.done
-        if is_locked(run_dir):
-            return RunStatus.running
-        if run_folder.is_run_dir(run_dir):
-            run_folder.read_config(run_dir)
-    except run_folder.DamagedFile:
+    if run_folder.is_finished(run_dir):
+        return RunStatus.damaged if damaged_file(run_dir) else RunStatus.done
+    if is_locked(run_dir):
+        return RunStatus.running
+    if damaged_file(run_dir):
         return RunStatus.damaged
     if (run_dir / ERROR_FILE).exists():
         return RunStatus.failed
     if (run_dir / LOG_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
         return RunStatus.partial
     return RunStatus.pending
+
+
+def damaged_file(run_dir: Path) -> run_folder.DamagedFile | None:
+    """What makes a run damaged, naming the file: its config or (once finished) its summary cannot be read.
+
+    A finished run whose config is unreadable is damaged too: no view can tell which row its
+    results belong to. The log and checkpoint are not read here (a damaged log is reported by the
+    views; a damaged checkpoint fails the run that resumes from it, naming the file).
+    """
+    try:
+        if run_folder.is_run_dir(run_dir):
+            run_folder.read_config(run_dir)
+        if run_folder.is_finished(run_dir):
+            run_folder.read_summary(run_dir)
+    except run_folder.DamagedFile as err:
+        return err
+    return None
 
 
 def try_lock(run_dir: Path) -> int | None:
@@ -194,5 +207,5 @@ def write_error(run_dir: Path, text: str, fd: int | None = None) -> None:
             os.close(fd)
 
 
-__all__ = ["RunStatus", "run_status", "try_lock", "is_locked", "SweepOutcome", "Claims", "claim_runs", "release_run",
+__all__ = ["RunStatus", "run_status", "damaged_file", "try_lock", "is_locked", "SweepOutcome", "Claims", "claim_runs", "release_run",
            "record_outcome", "write_error", "EXIT_TRAINED", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_ALREADY_DONE"]

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import default_data_dir, load_dataset
 from qagrel_cli.core.run_folder import atomic_write_text
 from qagrel_cli.sweeps.jobs import make_jobs
-from qagrel_cli.sweeps.ledger import RunStatus, SweepOutcome, run_status
+from qagrel_cli.sweeps.ledger import RunStatus, SweepOutcome, damaged_file, run_status
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
     data_dir = Path(data_dir if data_dir is not None else default_data_dir()).resolve()
     outcome = SweepOutcome()
     todo: list[TrainConfig] = []
+    damage: list[str] = []
     for config in sweep.configs:
         status = run_status(sweep.run_dir(results, config))
         if status == RunStatus.done:
@@ -57,6 +59,7 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
             outcome.locked.append(config.run_id)
         elif status == RunStatus.damaged:
             outcome.damaged.append(config.run_id)
+            damage.append(f"left damaged run {config.run_id} alone: {damaged_file(sweep.run_dir(results, config))}")
         elif status == RunStatus.failed and not retry_failed:
             outcome.failed_before.append(config.run_id)
         else:
@@ -69,6 +72,8 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
                   f"{len(outcome.failed_before)} failed before, {len(outcome.damaged)} damaged, "
                   f"{len(todo)} to run{packs} with {how}",
                   highlight=False)
+    for line in damage:  # one line each, naming the file: a person decides whether to repair or delete it
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if not todo:
         return outcome
     for dataset in sorted({c.dataset for c in todo}, key=lambda d: d.value):

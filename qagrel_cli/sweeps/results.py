@@ -54,10 +54,11 @@ class Results:
     runs: list[RunRecord] = field(default_factory=list)
     damaged: list[Damage] = field(default_factory=list)
 
-    def warnings(self) -> list[str]:
-        """One line per damaged file, for a view to print before its output."""
+    def warnings(self, log_note: str = "its run's summary is still used") -> list[str]:
+        """One line per damaged file, for a view to print before its output; `log_note` says what the view
+        does with a run whose log alone is damaged."""
         return [f"skipped damaged file {d}" if d.file.name != run_folder.LOG_FILE
-                else f"unreadable log (its run's summary is still used) {d}" for d in self.damaged]
+                else f"unreadable log ({log_note}) {d}" for d in self.damaged]
 
 
 def check_results_folder(root: Path) -> Path:

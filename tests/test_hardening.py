@@ -1,0 +1,473 @@
+"""Issue 10, hardening: damaged results never crash a report, every bad input gets one line, a fresh clone
+runs every test. One test per row of the issue's table (tests/test_fault_injection.py damages real runs
+file by file; tests/test_table.py holds the --compare rule's details; tests/test_plot.py where a run's
+figure goes)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+import conftest
+from qagrel_cli.cli import app
+from qagrel_cli.core import run_folder
+from qagrel_cli.core import training as engine
+from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.core.data import load_dataset
+from qagrel_cli.reports.status import print_plan, print_status
+from qagrel_cli.reports.summary import print_summary
+from qagrel_cli.reports.table import build_table, rich_view
+from qagrel_cli.sweeps.results import read_results
+from qagrel_cli.sweeps.sweep_file import load_sweep
+
+from conftest import FULL_MNIST, MNIST_FIXTURE, MNIST_FIXTURE_SIZES, REPO
+
+runner = CliRunner()
+GARBAGE = b"\x00\xff\xfe garbage {[ not what a qagrel file holds\n"
+TINY_TRAIN = ["train", "--arch", "fc", "--fc", "32", "--train-size", "300", "--device", "cpu", "--quiet"]
+
+
+# ----------------------------------------------------------------- helpers
+
+def fabricate_run(root: Path, rule: str, seed: int, epochs: int = 3) -> Path:
+    """A finished MNIST conv run (hidden units 21632-5408-500) as the engine leaves it: config, log, summary."""
+    config = TrainConfig(rule=rule, seed=seed)
+    run_dir = root / config.run_id
+    run_folder.write_config(run_dir, config)
+    acc = [0.5 + 0.1 * e + 0.01 * seed for e in range(epochs)]
+    run_folder.write_log(run_dir, pd.DataFrame({
+        "epoch": range(1, epochs + 1), "train_reward": acc, "train_loss": [1 - a for a in acc], "val_acc": acc,
+        "test_acc": acc, "epoch_seconds": 1.0, "samples_per_second": 100.0, "lr": config.lr}))
+    run_folder.write_summary(run_dir, {
+        "run_id": config.run_id, "status": "finished", "stop_epoch": epochs, "best_epoch": epochs,
+        "best_val_acc": acc[-1], "test_acc_at_best": acc[-1], "test_acc_at_stop": acc[-1],
+        "hidden_units": "21632-5408-500", "num_classes": 10, "converged": True, "diverged": False,
+        "config": config.to_dict()})
+    return run_dir
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """results/sweep1/: two Q-AGREL and two Error-BP runs, all finished."""
+    for rule in ("qagrel", "bp"):
+        for seed in range(2):
+            fabricate_run(tmp_path / "results" / "sweep1", rule, seed)
+    return tmp_path / "results" / "sweep1"
+
+
+def damage(results: Path, name: str) -> Path:
+    """Replace file `name` of the first Q-AGREL run with garbage; returns the file."""
+    (run_dir,) = [d for d in sorted(results.iterdir()) if "-qagrel-s0-" in d.name]
+    (run_dir / name).write_bytes(GARBAGE)
+    return run_dir / name
+
+
+def strict_json(path: Path) -> dict:
+    """The file parsed as JSON proper: NaN and Infinity, which Python's json accepts, are refused."""
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} in {path} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def warnings(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("warning:")]
+
+
+def row(result, label: str) -> list[str]:
+    """The cells of the table line holding `label` (the rich table's │ columns)."""
+    line = next(line for line in result.stdout.splitlines() if label in line and "│" in line)
+    return [cell.strip() for cell in line.split("│")[1:-1]]
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# --------------------------------------------- a damaged summary or config
+
+@pytest.mark.parametrize("name", [run_folder.SUMMARY_FILE, run_folder.CONFIG_FILE])
+def test_table_shows_the_other_runs_and_one_warning_naming_a_garbage_file(results, name):
+    bad = damage(results, name)
+    result = runner.invoke(app, ["table", str(results)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert len(warnings(result)) == 1 and str(bad) in warnings(result)[0]
+    assert row(result, "Q-AGREL")[-1] == "1/1" and row(result, "Error-BP")[-1] == "2/2"
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", [run_folder.SUMMARY_FILE, run_folder.CONFIG_FILE])
+def test_status_counts_a_run_with_a_garbage_file_as_damaged_and_names_the_file(results, name):
+    bad = damage(results, name)
+    result = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert len(warnings(result)) == 1 and str(bad) in warnings(result)[0]
+    # done, running, failed, damaged, pending, total
+    assert row(result, "total")[-6:] == ["3", "0", "0", "1", "0", "4"]
+
+
+def test_status_on_the_parent_folder_counts_a_run_with_a_garbage_config_as_damaged(results):
+    bad = damage(results, run_folder.CONFIG_FILE)
+    result = runner.invoke(app, ["status", str(results.parent)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert len(warnings(result)) == 1 and str(bad) in warnings(result)[0]
+    assert row(result, "total")[-6:] == ["3", "0", "0", "1", "0", "4"]
+
+
+def test_a_config_cut_short_at_a_line_break_is_damaged_not_read_with_defaults(tmp_path):
+    run_folder.write_config(tmp_path, TrainConfig(arch="fc", fc="16", max_epochs=7))
+    lines = (tmp_path / run_folder.CONFIG_FILE).read_text().splitlines(keepends=True)
+    (tmp_path / run_folder.CONFIG_FILE).write_text("".join(lines[:len(lines) // 2]))  # still valid YAML
+    with pytest.raises(run_folder.DamagedFile, match="lacks .*max_epochs"):
+        run_folder.read_config(tmp_path)
+
+
+def test_a_config_written_before_the_protocol_options_is_read_with_their_defaults(tmp_path):
+    run_folder.write_config(tmp_path, TrainConfig())
+    text = (tmp_path / run_folder.CONFIG_FILE).read_text()
+    (tmp_path / run_folder.CONFIG_FILE).write_text(
+        "".join(line for line in text.splitlines(keepends=True) if not line.startswith(("input_scaling", "init:"))))
+    assert run_folder.read_config(tmp_path) == TrainConfig()
+
+
+# ------------------------------------------------------------ a damaged log
+
+def test_plot_draws_the_other_runs_and_warns_once_about_a_garbage_log(results, tmp_path):
+    bad = damage(results, run_folder.LOG_FILE)
+    result = runner.invoke(app, ["plot", str(results), "--out", str(tmp_path / "figs")])
+    assert result.exit_code == 0, result.output
+    assert len(warnings(result)) == 1 and str(bad) in warnings(result)[0]
+    assert "1 damaged run not shown" in result.output
+    plotted = pd.read_csv(tmp_path / "figs" / "sweep1_figure3.csv")
+    assert plotted.groupby("rule")["n"].max().to_dict() == {"bp": 2, "qagrel": 1}
+
+
+def test_table_with_a_garbage_log_exits_0_says_the_log_is_unreadable_and_still_counts_the_run(results):
+    bad = damage(results, run_folder.LOG_FILE)
+    result = runner.invoke(app, ["table", str(results)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    (line,) = warnings(result)
+    assert line.startswith("warning: unreadable log") and str(bad) in line
+    assert row(result, "Q-AGREL")[-1] == "2/2"  # its summary holds the results
+
+
+# ------------------------------------------------------- read-only folders
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """Make `folder` refuse new entries for real: chmod 0555, or as root (where chmod stops nothing) chattr +i."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        pytest.skip("running as root, where chmod 0555 does not stop writes, and chattr +i is not available")
+    try:
+        try:
+            (folder / "probe").touch()
+        except OSError:
+            pass
+        else:
+            pytest.skip(f"{folder} still takes new files: this file system ignores the read-only setting")
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_a_sweep_into_a_read_only_results_folder_is_one_line_and_writes_nothing(tmp_path, mnist_dir):
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text("grid: {arch: fc, fc: '16', train_size: 100, max_epochs: 1, device: cpu}\n")
+    with read_only(tmp_path / "results"):
+        result = runner.invoke(app, ["sweep", str(sweep), "--results", str(tmp_path / "results"),
+                                     "--data-dir", str(mnist_dir)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert lines == [lines[0]] and "cannot write the results folder" in lines[0] and "Traceback" not in result.output
+    assert not list((tmp_path / "results").iterdir())
+
+
+def test_train_into_a_read_only_folder_is_one_line(tmp_path, mnist_dir):
+    with read_only(tmp_path / "ro"):
+        result = runner.invoke(app, [*TINY_TRAIN, "--data-dir", str(mnist_dir), "--out", str(tmp_path / "ro" / "run")])
+    assert_one_line_error(result, "cannot write the run folder", str(tmp_path / "ro"))
+
+
+# --------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_train_refuses_a_learning_rate_that_is_not_finite(value, tmp_path):
+    result = runner.invoke(app, ["train", "--lr", value, "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "lr must be a positive finite number")
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_a_sweep_file_with_a_learning_rate_that_is_not_finite_is_refused(value, tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"grid: {{lr: {value}}}\n")
+    result = runner.invoke(app, ["sweep", str(sweep), "--results", str(tmp_path / "results")])
+    assert_one_line_error(result, str(sweep), "lr must be a positive finite number")
+    assert not (tmp_path / "results").exists()
+
+
+def test_seed_and_seeds_together_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["train", "--seed", "3", "--seeds", "0-1", "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "give either --seed or --seeds, not both")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_choice_names_the_choices_without_the_validation_librarys_prefix():
+    result = runner.invoke(app, ["train", "--rule", "foo"])
+    assert_one_line_error(result)
+    assert result.output.strip() == ("error: Invalid value for '--rule': 'foo' is not one of 'qagrel', 'bp'. "
+                                     "(see 'qagrel train --help')")
+
+
+@pytest.mark.parametrize("command", ["table", "status", "plot"])
+def test_a_file_given_as_the_results_folder_is_one_line(command):
+    result = runner.invoke(app, [command, "/etc/passwd"])
+    assert_one_line_error(result, "/etc/passwd is a file, not a results folder")
+
+
+@pytest.mark.parametrize("command, usage", [
+    ([], "Usage: qagrel [OPTIONS] COMMAND [ARGS]..."), (["train"], "Usage: qagrel train [OPTIONS]"),
+    (["sweep"], "Usage: qagrel sweep [OPTIONS] FILE"), (["status"], "Usage: qagrel status [OPTIONS] [DIRECTORY]"),
+    (["table"], "Usage: qagrel table [OPTIONS] DIRECTORY"),
+    (["milestones"], "Usage: qagrel milestones [OPTIONS] DIRECTORY"),
+    (["plot"], "Usage: qagrel plot [OPTIONS] DIRECTORY")])
+def test_help_shows_flags_without_a_type_and_arguments_in_capitals(command, usage):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert usage in result.output
+    assert "<bool>" not in result.output and "{" not in result.output
+
+
+# --------------------------------------------------------- runs and records
+
+def test_a_run_diverging_in_epoch_1_has_a_strict_json_summary_with_that_epoch_as_its_best(tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    result = runner.invoke(app, [*TINY_TRAIN, "--lr", "1e30", "--data-dir", str(mnist_dir), "--out", str(out)])
+    assert result.exit_code == 1 and "diverged" in result.output
+    summary = strict_json(out / run_folder.SUMMARY_FILE)
+    log = run_folder.read_log(out)
+    assert summary["diverged"] and summary["stop_epoch"] == 1 and summary["best_epoch"] == 1
+    assert summary["best_val_acc"] == log["val_acc"].iloc[0]
+    assert summary["test_acc_at_best"] == log["test_acc"].iloc[0]
+
+
+def test_a_number_that_is_not_finite_is_written_to_the_summary_as_null(tmp_path):
+    run_folder.write_summary(tmp_path, {"run_id": "r", "stop_epoch": 1, "final_train_reward": float("nan"),
+                                        "losses": [float("inf"), 0.5]})
+    summary = strict_json(tmp_path / run_folder.SUMMARY_FILE)
+    assert summary["final_train_reward"] is None and summary["losses"] == [None, 0.5]
+
+
+def test_rerunning_a_run_with_a_higher_max_epochs_explains_the_epoch_cap(tmp_path, mnist_dir):
+    args = [*TINY_TRAIN, "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run")]
+    assert runner.invoke(app, [*args, "--max-epochs", "6"]).exit_code == 0
+    result = runner.invoke(app, [*args, "--max-epochs", "20"])
+    assert_one_line_error(result, "holds this run with max_epochs 6", "the epoch cap is part of a run's id",
+                          "choose another --out")
+    assert run_folder.read_summary(tmp_path / "run")["stop_epoch"] == 6
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_trained_run_folder_is_readable_by_all_under_umask_022(tmp_path, mnist_dir):
+    with umask(0o022):
+        result = runner.invoke(app, [*TINY_TRAIN, "--max-epochs", "1", "--data-dir", str(mnist_dir),
+                                     "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert modes(tmp_path / "run") == {run_folder.CONFIG_FILE: 0o644, run_folder.LOG_FILE: 0o644,
+                                       run_folder.SUMMARY_FILE: 0o644}
+
+
+def test_a_figure_and_its_csv_are_readable_by_all_under_umask_022(results, tmp_path):
+    with umask(0o022):
+        result = runner.invoke(app, ["plot", str(results), "--out", str(tmp_path / "figs")])
+    assert result.exit_code == 0, result.output
+    assert modes(tmp_path / "figs") == {"sweep1_figure3.png": 0o644, "sweep1_figure3.csv": 0o644}
+
+
+def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, mnist_dir, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the first epoch
+
+    monkeypatch.setattr(engine, "_train_epoch", interrupted)
+    result = runner.invoke(app, [*TINY_TRAIN, "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 130
+    assert_one_line_error(result, "interrupted before the first epoch ended: nothing was saved")
+    assert not (tmp_path / "run" / run_folder.LOG_FILE).exists()
+
+
+def test_ctrl_c_after_an_epoch_says_the_finished_epochs_are_saved(tmp_path, mnist_dir, monkeypatch):
+    real_epoch = engine._train_epoch
+    calls = []
+
+    def second_epoch_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_epoch", second_epoch_interrupted)
+    result = runner.invoke(app, [*TINY_TRAIN, "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 130
+    assert_one_line_error(result, "every finished epoch is saved: run the same command again to resume")
+    assert len(run_folder.read_log(tmp_path / "run")) == 1
+
+
+# ------------------------------------------------- the paper beside ours
+
+def test_table_compare_paper_of_the_committed_smoke_runs_gives_no_paper_values_and_says_why():
+    result = runner.invoke(app, ["table", str(REPO / "results" / "smoke"), "--compare", "paper",
+                                 "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+            if line.startswith("| MNIST |")]
+    assert [cells[1] for cells in rows[:2]] == ["Q-AGREL", "Error-BP"]
+    for cells in rows[:2]:
+        assert cells[6:8] == ["–", "–"] and cells[9:11] == ["–", "–"], cells  # Paper and Δ [SD], twice
+    assert rows[2][-1] == "–"  # and no paper value beside our Q-AGREL / Error-BP epoch ratio
+    assert ("No paper values for MNIST Q-AGREL Conv 21632-5408-500 α 1e+00 (not the paper's protocol): "
+            "max_epochs 4 (paper 500), patience 2 (paper 20), train_size 5000 (paper all).") in result.stdout
+
+
+# ------------------------------------------------- narrow terminals, pipes
+
+NAMES = ("Q-AGREL", "Error-BP", "21632-5408-500")
+
+
+def assert_names_whole(text: str) -> None:
+    """Every name appears whole on some line, and wherever part of one appears, it is whole or ends in '…'."""
+    for name in NAMES:
+        assert name in text, text
+    for piece in re.findall(r"Q-AG\S*|Error-\S*|21632\S*", text):
+        assert piece in NAMES or piece.endswith("…") or piece.rstrip("…") in NAMES, (piece, text)
+
+
+def terminal(width: int = 80) -> Console:
+    return Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+
+
+def test_status_on_an_80_column_terminal_keeps_every_name_whole(results):
+    console = terminal()
+    print_status(results, console)
+    text = console.file.getvalue()
+    assert_names_whole(text)
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_table_on_an_80_column_terminal_keeps_every_name_whole(results):
+    console = terminal()
+    console.print(rich_view(build_table(read_results(results).runs, source=str(results)), console))
+    text = console.file.getvalue()
+    assert_names_whole(text)
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_the_sweep_plan_on_an_80_column_terminal_keeps_every_run_id_whole(tmp_path):
+    plan = load_sweep(REPO / "sweeps" / "protocol.yaml")
+    console = terminal()
+    print_plan(plan, tmp_path, console)
+    text = console.file.getvalue()
+    assert all(config.run_id in text for config in plan.configs)
+
+
+def test_the_train_summary_on_an_80_column_terminal_keeps_names_whole(results):
+    (run_dir,) = [d for d in results.iterdir() if "-qagrel-s0-" in d.name]
+    console = terminal()
+    print_summary({**run_folder.read_summary(run_dir), "wall_seconds": 1.0, "device": "cpu"}, console)
+    assert "21632-5408-500" in console.file.getvalue() and run_dir.name in console.file.getvalue()
+
+
+def test_status_into_a_pipe_is_never_wrapped_even_with_columns_80(results):
+    result = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "80"})  # CliRunner's output is no tty
+    assert result.exit_code == 0, result.output
+    assert_names_whole(result.stdout)
+    (line,) = [line for line in result.stdout.splitlines() if "Q-AGREL" in line]
+    assert "21632-5408-500" in line and "1e+00" in line  # the whole row on one line
+
+
+# ---------------------------------------- every test runs on a fresh clone
+
+def test_tests_fall_back_to_the_committed_mnist_subset_on_a_fresh_clone(tmp_path, monkeypatch):
+    monkeypatch.setattr(conftest, "REPO", tmp_path / "clone")  # no ../shared beside it
+    monkeypatch.setenv("QAGREL_DATA", str(tmp_path / "empty"))
+    monkeypatch.delenv("QAGREL_TEST_FIXTURE_ONLY", raising=False)
+    assert conftest.find_mnist() == MNIST_FIXTURE
+
+
+def fake_mnist(folder: Path) -> Path:
+    """A folder that holds MNIST as far as conftest looks (the four file names)."""
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / f"{name}.gz").touch()
+    return folder
+
+
+def test_a_qagrel_data_without_mnist_does_not_hide_the_shared_copy(tmp_path, monkeypatch):
+    shared = fake_mnist(tmp_path / "shared" / "data")
+    monkeypatch.setattr(conftest, "REPO", tmp_path / "clone")
+    monkeypatch.setenv("QAGREL_DATA", "/nonexistent-folder")
+    monkeypatch.delenv("QAGREL_TEST_FIXTURE_ONLY", raising=False)
+    assert conftest.find_mnist() == shared
+
+
+def test_qagrel_data_holding_mnist_comes_before_the_shared_copy(tmp_path, monkeypatch):
+    fake_mnist(tmp_path / "shared" / "data")
+    mine = fake_mnist(tmp_path / "mine")
+    monkeypatch.setattr(conftest, "REPO", tmp_path / "clone")
+    monkeypatch.setenv("QAGREL_DATA", str(mine))
+    monkeypatch.delenv("QAGREL_TEST_FIXTURE_ONLY", raising=False)
+    assert conftest.find_mnist() == mine
+
+
+def test_qagrel_test_fixture_only_forces_the_committed_subset(tmp_path, monkeypatch):
+    monkeypatch.setenv("QAGREL_DATA", str(fake_mnist(tmp_path / "mine")))
+    monkeypatch.setenv("QAGREL_TEST_FIXTURE_ONLY", "1")
+    assert conftest.find_mnist() == MNIST_FIXTURE
+
+
+def test_the_committed_subset_is_the_first_2000_training_and_500_test_images_of_mnist():
+    files = list((MNIST_FIXTURE / "MNIST" / "raw").glob("*-idx?-ubyte.gz"))
+    assert len(files) == 4 and sum(f.stat().st_size for f in files) < 2_000_000
+    subset = load_dataset("mnist", MNIST_FIXTURE)
+    assert (len(subset.train_y), len(subset.test_y)) == MNIST_FIXTURE_SIZES
+    assert subset.train_y[:5].tolist() == [5, 0, 4, 1, 9]  # MNIST's well-known first labels
+    if FULL_MNIST:
+        full = load_dataset("mnist", conftest.MNIST_DATA)
+        assert torch.equal(subset.train_x, full.train_x[:2000]) and torch.equal(subset.test_x, full.test_x[:500])
+        assert torch.equal(subset.train_y, full.train_y[:2000]) and torch.equal(subset.test_y, full.test_y[:500])
