@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from qagrel_cli import engine
 from qagrel_cli.data import load_dataset
@@ -17,9 +18,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("QAGREL_DATA") or REPO.parent / "shared" / "data")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` are skipped where there is no CUDA device, so the whole suite runs anywhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+    raw = SHARED_DATA / "MNIST" / "raw"
+    # Plain IDX files, or the gzipped copies benchmarks/gpu_check.py --prepare-data writes.
+    if not any((raw / name).exists() for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")):
         pytest.skip(f"real MNIST not found under {SHARED_DATA}")
     return SHARED_DATA
 
