@@ -29,12 +29,16 @@ as failed and the next step runs; steps left when --budget is spent fail
 without running. Exit status: 0 when no step failed (skipped steps are listed
 in the summary), 1 otherwise, 2 for bad input.
 
-CUDA and CPU runs round floats differently (and CUDA convolutions may use TF32),
-so two runs of one seed drift apart as training goes on: the comparison with the
-CPU allows TOLERANCE_PP percentage points of validation accuracy per seed and
-epoch. It is there to catch gross CUDA-only bugs (a pack member training on
-another member's data, a wrong device generator, a layer left out of vmap),
-which cost far more than that, not to certify bitwise agreement.
+A seed's CUDA run is not its CPU run replayed: it starts from the same weights,
+validation split and data order, but draws its dropout masks and exploration
+from a generator on the device (another random stream) and rounds differently
+(CUDA convolutions may use TF32). The two are different samples of the same
+training, so the comparison allows what a different stream moved the CPU runs
+by (measured: benchmarks/gpu_check_reference/README.md): FIRST_EPOCH_TOLERANCE_PP
+percentage points of validation accuracy at epoch 1, where Q-AGREL climbs
+steeply, TOLERANCE_PP after. It is there to catch gross CUDA-only bugs (members
+that learn nothing or far too slowly), not to certify agreement digit by digit:
+that is what the cuda tests check, pack against runs one by one on one device.
 
 --quick runs the same steps on whatever device there is, at tiny sizes (seeds
 0-1, 1 epoch, 300 training images on a 2,000-image slice of MNIST with 500 test
@@ -73,9 +77,9 @@ DEFAULT_DATA = Path("gpu-check-data")
 DOCS_BEGIN, DOCS_END = "<!-- gpu-check:begin -->", "<!-- gpu-check:end -->"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 RULES = ("qagrel", "bp")
-# Seed-to-seed spread of these runs' validation accuracy is about a point after an
-# epoch; rounding drift between devices stays well inside that, a broken CUDA path does not.
-TOLERANCE_PP = 3.0
+# |device - CPU| validation accuracy allowed per seed and epoch, in percentage points. Changing only the
+# dropout/exploration stream moved the CPU runs by up to 8.2 points at epoch 1 (Q-AGREL) and 1.2 later.
+FIRST_EPOCH_TOLERANCE_PP, TOLERANCE_PP = 20.0, 3.0
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 
@@ -342,9 +346,15 @@ def train(check: Check, rule: str) -> Step:
     if not why and check.device == "cuda" and details["strategy"] != "vmap":
         why = f"the pack ran as {details['strategy']!r}, not vmap"
     last = details["epochs"][-1] if details["epochs"] else None
-    found = (f"{seeds} seeds x {check.sizes.epochs} epochs as one pack ({details['strategy']}); last epoch "
+    epochs = f"{check.sizes.epochs} epoch{'s' if check.sizes.epochs > 1 else ''}"
+    found = (f"{seeds} seeds x {epochs} as one pack ({details['strategy']}); last epoch "
              f"{last['epoch_seconds']:.1f} s, {last['samples_per_second_pack']:,.0f} samples/s" if last else "no epoch")
     return Step(name, FAILED if why else PASSED, why or found, details=details)
+
+
+def tolerance_pp(epoch: int) -> float:
+    """The difference allowed at this epoch: the first epoch's steep climb varies most from stream to stream."""
+    return FIRST_EPOCH_TOLERANCE_PP if epoch == 1 else TOLERANCE_PP
 
 
 def compare_with_cpu(check: Check) -> Step:
@@ -364,15 +374,17 @@ def compare_with_cpu(check: Check) -> Step:
                     continue
                 rows.append({"run_id": run_id, "rule": rule, "seed": int(cpu["seed"].iloc[0]), "epoch": int(epoch),
                              "cpu_val_acc": float(cpu_acc), "device_val_acc": float(device[epoch]),
-                             "abs_diff_pp": 100 * abs(float(device[epoch]) - float(cpu_acc))})
+                             "abs_diff_pp": 100 * abs(float(device[epoch]) - float(cpu_acc)),
+                             "tolerance_pp": tolerance_pp(int(epoch))})
     worst = max((r["abs_diff_pp"] for r in rows), default=None)
-    details = {"tolerance_pp": TOLERANCE_PP, "max_abs_diff_pp": worst, "rows": rows, "reference": str(reference)}
-    if worst is not None and worst > TOLERANCE_PP:
-        problems.append(f"validation accuracy differs by up to {worst:.2f} points (tolerance {TOLERANCE_PP})")
+    details = {"tolerance_pp": {"epoch 1": FIRST_EPOCH_TOLERANCE_PP, "later": TOLERANCE_PP},
+               "max_abs_diff_pp": worst, "rows": rows, "reference": str(reference)}
+    problems += [f"{r['rule']} seed {r['seed']} epoch {r['epoch']}: {r['abs_diff_pp']:.1f} points apart "
+                 f"(tolerance {r['tolerance_pp']:.0f})" for r in rows if r["abs_diff_pp"] > r["tolerance_pp"]]
     if problems:
         return Step("compare_cpu", FAILED, "; ".join(problems), details=details)
-    return Step("compare_cpu", PASSED, f"{len(rows)} seed-epochs; max |difference| {worst:.2f} percentage points "
-                f"(tolerance {TOLERANCE_PP})", details=details)
+    return Step("compare_cpu", PASSED, f"{len(rows)} seed-epochs within tolerance; the largest difference "
+                f"{worst:.2f} percentage points", details=details)
 
 
 def bench_step(check: Check) -> Step:
@@ -486,7 +498,7 @@ def prepare_data(source: Path, dest: Path) -> None:
     print("device call, from the repository root:")
     print(f"  command:   PYTHONPATH=. python3 benchmarks/gpu_check.py --data-dir {carry}")
     print(f'  carry:     ["{carry}"]')
-    print("  timeout_s: 540")
+    print(f"  timeout_s: {FULL.budget_seconds + 30:.0f}   (the script stops its steps by {FULL.budget_seconds:.0f} s)")
     print("then here, with the files it sent back:")
     print("  python benchmarks/gpu_check.py --from-json FILES_AT/gpu_check.json --update-docs docs/performance.md")
 
@@ -579,9 +591,9 @@ def render_training(steps: list[dict[str, Any]]) -> list[str]:
             rows += 1
     if not rows:
         return []
-    return lines + ["", f"Tolerance against the CPU: {compare.get('tolerance_pp', TOLERANCE_PP)} percentage points "
-                    "of validation accuracy per seed and epoch (float rounding differs between devices; the "
-                    "comparison catches gross CUDA-only bugs)."]
+    return lines + ["", f"Tolerance against the CPU, per seed and epoch: {FIRST_EPOCH_TOLERANCE_PP:.0f} percentage "
+                    f"points of validation accuracy at epoch 1, {TOLERANCE_PP:.0f} after (a CUDA run draws dropout "
+                    "and exploration from another random stream; the comparison catches gross CUDA-only bugs)."]
 
 
 def update_docs(docs: Path, body: str) -> None:
