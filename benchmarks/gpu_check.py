@@ -20,7 +20,7 @@ Steps, in this order (correctness first, the most elastic timing last):
   train_bp      the same with --rule bp
   compare_cpu   their epoch-1..3 validation accuracies against CPU runs of the same
                 configs (benchmarks/gpu_check_reference/, matched by run id)
-  bench_step    benchmarks/bench_step.py: qagrel step / plain BP step <= 1.1
+  bench_step    benchmarks/bench_step.py: qagrel step / plain BP step <= 1.1, loccon / conv <= 3
   bench_pack    benchmarks/bench_pack.py, K = 1, 2, 5, 10: K=10 vmap >= 5x 10 sequential runs
 
 Every CUDA step runs through benchmarks/peak_memory.py, which reports that
