@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pack.py [--device cpu|cuda] [--ks 1,2,5,10] [--archs conv,loccon,fc]
                                     [--rules qagrel,bp] [--data mnist|cifar] [--min-seconds 1] [--threads N]
+                                    [--json FILE]
 
 For every architecture, rule and pack size K it times one training step of
   seq  : K single-run steps, one after the other (Trainer.step: qagrel_step or bp_step)
@@ -15,7 +16,9 @@ the first, which sends no feedback; the same count for BP's forward, weight
 gradients and input gradients), against a large matmul measured in the same run
 as the practical ceiling. Times are medians of torch.utils.benchmark's
 blocked_autorange (CUDA-synchronised); seq and vmap are measured alternately,
-best of --rounds, because shared machines are noisy.
+best of --rounds, because shared machines are noisy. `--json FILE` also writes
+the figures as JSON, rewritten after every row, so a run cut short keeps the rows
+it finished.
 
 Targets (issue 5): on a CUDA GPU, vmap at K=10 >= 5x the samples/s of 10
 sequential runs; on a CPU, the pack (auto) is never slower than sequential.
@@ -24,8 +27,11 @@ sequential runs; on a CPU, the pack (auto) is never slower than sequential.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils import benchmark
@@ -33,7 +39,7 @@ from torch.utils import benchmark
 from qagrel_cli.core.allocator import keep_freed_memory
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import Splits
-from qagrel_cli.core.training import RunState, Trainer
+from qagrel_cli.core.trainer import RunProgress, Trainer
 from qagrel_cli.core.layers import LocallyConnected2d
 from qagrel_cli.core.models import QNetwork
 from qagrel_cli.core.packs import Member, VmapPack
@@ -56,7 +62,7 @@ def make_members(config: TrainConfig, k: int, shape: tuple[int, int, int], devic
         member_config = TrainConfig(**{**config.to_dict(), "seed": seed})
         trainer = Trainer(member_config, fake_splits(shape, config.batch_size, device, seed), device)
         trainer.net.train()
-        members.append(Member(seed, member_config, Path("."), trainer, RunState()))
+        members.append(Member(seed, member_config, Path("."), trainer, RunProgress()))
     return members
 
 
@@ -85,6 +91,15 @@ def matmul_gflops(device: torch.device, min_seconds: float) -> float:
     return 2 * n**3 / median_seconds(lambda: a @ b, min_seconds) / 1e9
 
 
+def write_json(path: Path | None, results: dict[str, Any]) -> None:
+    """Write `results` to `path` (when given) by renaming a finished temporary file over it."""
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -96,6 +111,7 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,6 +130,10 @@ def main() -> None:
     header = (f"{'arch':7} {'rule':6} {'K':>3} {'seq ms':>9} {'vmap ms':>9} {'seq smp/s':>10} {'vmap smp/s':>11} "
               f"{'vmap/seq':>9} {'pack/seq':>9} {'GFLOP/s':>8} {'of ceil':>8}")
     print(header)
+    results: dict[str, Any] = {"device": name, "torch": torch.__version__, "data": args.data,
+                               "batch_size": args.batch_size, "malloc": malloc, "pack_strategy_auto": auto,
+                               "ceiling_gflops": ceiling, "rows": []}
+    write_json(args.json, results)
     worst_cpu, gpu_k10 = float("inf"), []
     for arch in args.archs.split(","):
         for rule in args.rules.split(","):
@@ -141,6 +161,12 @@ def main() -> None:
                 print(f"{arch:7} {rule:6} {k:3d} {1e3 * seq:9.2f} {1e3 * vmapped:9.2f} {samples / seq:10.0f} "
                       f"{samples / vmapped:11.0f} {seq / vmapped:8.2f}x {seq / packed:8.2f}x {gflops:8.1f} "
                       f"{100 * gflops / ceiling:7.1f}%", flush=True)
+                results["rows"].append({"arch": arch, "rule": rule, "k": k, "seq_ms": 1e3 * seq,
+                                        "vmap_ms": 1e3 * vmapped, "seq_samples_per_s": samples / seq,
+                                        "vmap_samples_per_s": samples / vmapped, "vmap_over_seq": seq / vmapped,
+                                        "pack_over_seq": seq / packed, "gflops": gflops,
+                                        "of_ceiling": gflops / ceiling})
+                write_json(args.json, results)
                 if device.type == "cuda" and k == 10:
                     gpu_k10.append(seq / vmapped)
                 worst_cpu = min(worst_cpu, seq / packed)

@@ -1,6 +1,7 @@
 """Time one training step of qagrel's engine against a plain PyTorch step of the same network.
 
     python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--steps 150] [--malloc keep|default]
+                                    [--inputs mnist,cifar] [--json FILE]
 
 For conv and loccon on MNIST-sized (1x28x28) and CIFAR-sized (3x32x32) input,
 it measures, side by side in one process:
@@ -14,15 +15,19 @@ contenders); `--malloc default` measures glibc's default instead.
 Each time is the median over `--steps` single steps, the contenders taking
 turns step by step (a, b, c, a, b, c, ...): on a shared machine, load that
 drifts over seconds then lands on all of them alike. Each step is timed
-between CUDA synchronisations.
+between CUDA synchronisations. `--json FILE` also writes the figures as JSON,
+rewritten after every case, so a run cut short keeps the cases it finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +73,15 @@ def time_steps(fns: dict[str, Callable[[], object]], steps: int, device: torch.d
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def write_json(path: Path | None, results: dict[str, Any]) -> None:
+    """Write `results` to `path` (when given) by renaming a finished temporary file over it."""
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -75,7 +89,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="timed steps per contender and case (median)")
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                         help="keep: freed CPU memory is kept for reuse, as `qagrel train` runs; default: glibc's")
+    parser.add_argument("--inputs", default=",".join(SHAPES), help="input shapes to time, of: " + ", ".join(SHAPES))
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
+    inputs = args.inputs.split(",")
+    if not set(inputs) <= set(SHAPES):
+        parser.error(f"--inputs: choose from {', '.join(SHAPES)}, got {args.inputs!r}")
     malloc = "default"
     if args.malloc == "keep" and keep_freed_memory():
         malloc = "keeps freed memory"
@@ -83,8 +102,11 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; malloc: {malloc}")
     print(f"{'input':6} {'arch':7} {'plain-bp ms':>11} {'bp ms':>8} {'qagrel ms':>10} {'qagrel/plain':>13}")
+    results: dict[str, Any] = {"device": name, "torch": torch.__version__, "batch_size": args.batch_size,
+                               "steps": args.steps, "malloc": malloc, "cases": [], "loccon_over_conv": {}}
     per_arch: dict[tuple[str, str], float] = {}
-    for data, shape in SHAPES.items():
+    for data in inputs:
+        shape = SHAPES[data]
         for arch in (Arch.conv, Arch.loccon):
             x = torch.rand(args.batch_size, *shape, device=device)
             y = torch.randint(0, 10, (args.batch_size,), device=device)
@@ -110,10 +132,16 @@ def main() -> None:
             }, args.steps, device)
             per_arch[(data, arch.value)] = times["qagrel"]
             print(f"{data:6} {arch.value:7} {1e3 * times['plain']:11.2f} {1e3 * times['bp']:8.2f} "
-                  f"{1e3 * times['qagrel']:10.2f} {times['qagrel'] / times['plain']:12.2f}x")
-    for data in SHAPES:
+                  f"{1e3 * times['qagrel']:10.2f} {times['qagrel'] / times['plain']:12.2f}x", flush=True)
+            results["cases"].append({"input": data, "arch": arch.value, "plain_ms": 1e3 * times["plain"],
+                                     "bp_ms": 1e3 * times["bp"], "qagrel_ms": 1e3 * times["qagrel"],
+                                     "qagrel_over_plain": times["qagrel"] / times["plain"]})
+            write_json(args.json, results)
+    for data in inputs:
         ratio = per_arch[(data, "loccon")] / per_arch[(data, "conv")]
         print(f"{data}: qagrel loccon / conv step = {ratio:.2f}x")
+        results["loccon_over_conv"][data] = ratio
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from qagrel_cli.core import training as engine
 from qagrel_cli.core.data import load_dataset
@@ -56,6 +57,16 @@ MNIST_DATA = find_mnist()
 # False on the committed subset: tests that need more than 2,000 training images size themselves by it.
 FULL_MNIST = MNIST_DATA != MNIST_FIXTURE
 SHARED_DATA = MNIST_DATA  # the name test modules imported before the fixture existed
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` are skipped where there is no CUDA device, so the whole suite runs anywhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

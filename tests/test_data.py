@@ -349,7 +349,7 @@ def test_make_splits_rejects_val_size_not_below_training_set():
         make_splits(_tiny_raw(1500), seed=0, val_size=1500)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_make_splits_moves_every_tensor_to_the_device():
     s = make_splits(_tiny_raw(), seed=0, device="cuda")
     for t in (s.train_x, s.train_y, s.val_x, s.val_y, s.test_x, s.test_y):

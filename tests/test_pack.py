@@ -7,17 +7,27 @@ differences: below 5e-7 absolute on losses near 2.3, 2e-6 degrees). Rewards and 
 the sample count and must be equal exactly; so must every non-timing value
 of the summary. The loop strategy runs the members' own steps, so it must be
 bitwise equal.
+
+The vmap cases run on the CPU and, marked `cuda`, on a CUDA device, where the
+pack is compared with runs trained one by one on that device. There TF32 is
+turned off for the test: by default CUDA convolutions may round their inputs to
+TF32 (10-bit mantissa), and the pack's grouped convolutions and the runs' plain
+ones could then differ by more than the 1e-5 checked here. These tests check
+that vmap computes the same equations; benchmarks/gpu_check.py compares a real
+CUDA run at the default precision with CPU runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from io import StringIO
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from qagrel_cli.core import run_folder as runs, training as engine
@@ -32,6 +42,7 @@ from conftest import load_with_small_test_set
 COUNTS = ["epoch", "train_reward", "val_acc", "test_acc"]
 TIMING = ["epoch_seconds", "samples_per_second"]
 SEEDS = [0, 1, 2]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 @pytest.fixture
@@ -41,7 +52,10 @@ def data(small_mnist, monkeypatch) -> Iterator[Path]:
     # for seconds waiting for a second thread; the pack and the runs it is compared with share the setting.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # see the module docstring
     yield small_mnist
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.set_num_threads(threads)
 
 
@@ -82,30 +96,42 @@ def assert_pack_equals_one_by_one(config: TrainConfig, tmp_path: Path, data_dir:
     return summaries
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch, rule", [("conv", "qagrel"), ("loccon", "qagrel"), ("conv", "bp"), ("loccon", "bp")])
-def test_a_vmapped_pack_gives_the_epoch_logs_of_the_runs_one_by_one(arch, rule, data, tmp_path):
-    assert_pack_equals_one_by_one(tiny(arch=arch, rule=rule), tmp_path, data, "vmap")
+def test_a_vmapped_pack_gives_the_epoch_logs_of_the_runs_one_by_one(arch, rule, device, data, tmp_path):
+    assert_pack_equals_one_by_one(tiny(arch=arch, rule=rule, device=device), tmp_path, data, "vmap")
 
 
-def test_a_vmapped_pack_keeps_adam_per_member(data, tmp_path):
-    assert_pack_equals_one_by_one(tiny(arch="fc", rule="bp", optimizer="adam", lr=1e-3, max_epochs=3),
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_vmapped_pack_keeps_adam_per_member(device, data, tmp_path):
+    assert_pack_equals_one_by_one(tiny(arch="fc", rule="bp", optimizer="adam", lr=1e-3, max_epochs=3, device=device),
                                   tmp_path, data, "vmap")
+
+
+@pytest.mark.cuda
+def test_a_pack_on_cuda_is_vmapped_by_default(data, tmp_path):
+    out = StringIO()
+    train_pack(tiny(device="cuda", max_epochs=1), SEEDS, tmp_path, data_dir=data, console=Console(file=out))
+    assert f"packing {len(SEEDS)} runs (vmap)" in out.getvalue()
 
 
 def test_the_loop_strategy_is_bitwise_the_runs_one_by_one(data, tmp_path):
     assert_pack_equals_one_by_one(tiny(), tmp_path, data, "loop")
 
 
-def test_members_stop_at_their_own_epochs_and_the_others_go_on(data, tmp_path):
-    # Measured on these seeds: patience 1 stops them at different epochs, so the pack shrinks twice,
-    # and the members left keep their Adam moments across each repacking.
-    config = tiny(arch="fc", rule="bp", optimizer="adam", lr=3e-3, patience=1, max_epochs=8)
+@pytest.mark.parametrize("device", DEVICES)
+def test_members_stop_at_their_own_epochs_and_the_others_go_on(device, data, tmp_path):
+    # Measured on these seeds (on the CPU): patience 1 stops them at different epochs, so the pack shrinks
+    # twice, and the members left keep their Adam moments across each repacking.
+    config = tiny(arch="fc", rule="bp", optimizer="adam", lr=3e-3, patience=1, max_epochs=8, device=device)
     summaries = assert_pack_equals_one_by_one(config, tmp_path, data, "vmap", seeds=[0, 1, 2, 3])
     assert len({s["stop_epoch"] for s in summaries}) >= 2, "the seeds must stop at different epochs"
 
 
-def test_a_killed_pack_resumes_every_member_exactly(data, tmp_path, monkeypatch):
-    config = tiny(arch="fc", feedback="random", max_epochs=4)  # random W': the feedback buffers must resume too
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_killed_pack_resumes_every_member_exactly(device, data, tmp_path, monkeypatch):
+    # random W': the feedback buffers must resume too; on CUDA so must the members' device generators.
+    config = tiny(arch="fc", feedback="random", max_epochs=4, device=device)
     saves = {"n": 0}
     real_save = engine.save_progress
 
