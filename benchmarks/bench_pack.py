@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 from torch.utils import benchmark
 
 from qagrel_cli.core.allocator import keep_freed_memory
+from qagrel_cli.core.run_folder import atomic_write_text
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import Splits
 from qagrel_cli.core.trainer import RunProgress, Trainer
@@ -92,12 +92,9 @@ def matmul_gflops(device: torch.device, min_seconds: float) -> float:
 
 
 def write_json(path: Path | None, results: dict[str, Any]) -> None:
-    """Write `results` to `path` (when given) by renaming a finished temporary file over it."""
-    if path is None:
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write `results` to `path` (when given), atomically: a run cut short leaves the last whole file."""
+    if path is not None:
+        atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def main() -> None:

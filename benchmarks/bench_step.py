@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qagrel_cli.core.allocator import keep_freed_memory
+from qagrel_cli.core.run_folder import atomic_write_text
 from qagrel_cli.core.config import Arch
 from qagrel_cli.core.layers import LocallyConnected2d
 from qagrel_cli.core.models import CONV_DROPOUT, LAST_HIDDEN_DROPOUT, build_network
@@ -74,12 +74,9 @@ def time_steps(fns: dict[str, Callable[[], object]], steps: int, device: torch.d
 
 
 def write_json(path: Path | None, results: dict[str, Any]) -> None:
-    """Write `results` to `path` (when given) by renaming a finished temporary file over it."""
-    if path is None:
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write `results` to `path` (when given), atomically: a run cut short leaves the last whole file."""
+    if path is not None:
+        atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def main() -> None:
