@@ -11,7 +11,6 @@ pack; one short run on real MNIST checks what the log records.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest

@@ -33,7 +33,6 @@ from typer.testing import CliRunner
 from qagrel_cli.core import run_folder as runs, training as engine
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import QagrelError, TrainConfig
-from qagrel_cli.core.data import load_dataset
 from qagrel_cli.core.config import parse_seeds
 from qagrel_cli.core.training import train_pack
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 

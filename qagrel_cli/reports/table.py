@@ -26,8 +26,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
