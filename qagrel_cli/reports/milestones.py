@@ -58,6 +58,7 @@ class MilestoneRow:
 
     key: RowKey
     seeds: int
+    diverged: int  # seeds whose weights became non-finite (their logs stop there)
     budget: int  # the fewest epochs any of its seeds ran
     paper: PaperRow | None
     implied_best_epoch: int | None
@@ -70,15 +71,16 @@ def milestone_rows(results: Results) -> list[MilestoneRow]:
     """The milestones of every row of finished runs with a readable log (logs are read here)."""
     finished = [r for r in results.runs if r.summary is not None and r.log_readable]
     fields = row_key_fields(finished)
-    groups: dict[RowKey, list[pd.DataFrame]] = {}
+    groups: dict[RowKey, list[tuple[pd.DataFrame, bool]]] = {}
     for record in finished:
         log = run_folder.read_log(record.path).drop_duplicates("epoch", keep="last").set_index("epoch")
         if not log.empty:
-            groups.setdefault(row_key(record, fields), []).append(log)
-    return [_row(key, logs) for key, logs in sorted(groups.items(), key=lambda item: item[0].sort_key)]
+            groups.setdefault(row_key(record, fields), []).append((log, bool(record.summary.get("diverged"))))
+    return [_row(key, [log for log, _ in runs], sum(d for _, d in runs))
+            for key, runs in sorted(groups.items(), key=lambda item: item[0].sort_key)]
 
 
-def _row(key: RowKey, logs: list[pd.DataFrame]) -> MilestoneRow:
+def _row(key: RowKey, logs: list[pd.DataFrame], diverged: int) -> MilestoneRow:
     paper = paper_row(key)
     budget = min(int(log.index.max()) for log in logs)
     implied = None if paper is None or paper.epochs.mean is None else round(paper.epochs.mean) - PATIENCE
@@ -89,7 +91,7 @@ def _row(key: RowKey, logs: list[pd.DataFrame]) -> MilestoneRow:
         firsts = [int(log.index[log["test_acc"] >= goal].min()) for log in logs if (log["test_acc"] >= goal).any()]
         reached.append(Reached(len(firsts), len(logs), Stat.of([float(e) for e in firsts])))
     best = [100 * float(log.loc[log["val_acc"].idxmax(), "test_acc"]) for log in logs]
-    return MilestoneRow(key, len(logs), budget, paper, implied, Stat.of(at_implied), tuple(reached), Stat.of(best))
+    return MilestoneRow(key, len(logs), diverged, budget, paper, implied, Stat.of(at_implied), tuple(reached), Stat.of(best))
 
 
 def _stat(stat: Stat, decimals: int) -> str:
@@ -102,7 +104,7 @@ def grid(rows: Sequence[MilestoneRow]) -> tuple[list[str], list[list[str]], int]
     """Headers, display cells and the index of the first numeric column."""
     extra_fields = [name for name, _ in rows[0].key.extras] if rows else []
     headers = ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in extra_fields],
-               "Seeds", "Epochs run", "Paper acc. [%]", "E* = paper stop − 20", "Test acc. at E* [%]",
+               "Seeds", "Diverged", "Epochs run", "Paper acc. [%]", "E* = paper stop − 20", "Test acc. at E* [%]",
                *[f"Epochs to {100 * f:.0f}% of paper" for f in FRACTIONS], "Test acc. at best val. [%]"]
     cells = []
     for row in rows:
@@ -115,12 +117,12 @@ def grid(rows: Sequence[MilestoneRow]) -> tuple[list[str], list[list[str]], int]
                           else f"beyond {row.budget} epochs")
         reached = [("–" if r.seeds == 0 else _stat(r.epochs, 1)) + f" [{r.seeds}/{r.of}]" for r in row.reached]
         reached += ["–"] * (len(FRACTIONS) - len(reached))
-        cells.append([*row.key.cells(), str(row.seeds), str(row.budget), paper, implied, at_implied, *reached,
+        cells.append([*row.key.cells(), str(row.seeds), str(row.diverged), str(row.budget), paper, implied, at_implied, *reached,
                       _stat(row.best_within_budget, 2)])
     return headers, cells, len(TABLE1_FIELDS) + len(extra_fields)
 
 
-NOTES = ("E*: the paper's mean stop epoch minus the 20 epochs of patience, i.e. its implied best epoch. "
+NOTES = ("Diverged: seeds whose weights became non-finite; their logs end there. E*: the paper's mean stop epoch minus the 20 epochs of patience, i.e. its implied best epoch. "
          "Epochs to x% of paper: the first epoch whose test accuracy reached x% of the paper's accuracy, mean (SD) "
          "over the seeds that reached it [seeds that did / seeds]. Test acc. at best val.: test accuracy at the "
          "epoch of the best validation accuracy within the epochs run. Means (sample SD) over seeds.")
