@@ -314,6 +314,10 @@ def status(
         raise fail(str(err)) from None
 
 
+ReportOutOption = Annotated[Optional[Path], typer.Option(
+    help="Write to this file instead of the terminal.", rich_help_panel=TABLE_PANEL, show_default=False)]
+
+
 @app.command(cls=QagrelCommand)
 def table(
     directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A folder of runs, e.g. results/table1 "
@@ -333,8 +337,7 @@ def table(
                                                        "in paper SDs and the Q-AGREL/BP epoch ratios, for rows "
                                                        "whose runs follow the paper's protocol.",
                                                        rich_help_panel=TABLE_PANEL, show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of the terminal.",
-                                                rich_help_panel=TABLE_PANEL, show_default=False)] = None,
+    out: ReportOutOption = None,
 ) -> None:
     """Table 1 from finished runs: Epochs and Accuracy mean (SD) over seeds per row, in the paper's layout."""
     from qagrel_cli.core.run_folder import atomic_write_text
@@ -365,8 +368,7 @@ def milestones(
                                               "e.g. results/protocol.", show_default=False)],
     fmt: Annotated[MilestoneFormat, typer.Option("--format", help="rich (terminal), markdown or csv.",
                                                  rich_help_panel=TABLE_PANEL)] = MilestoneFormat.rich,
-    out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of the terminal.",
-                                                rich_help_panel=TABLE_PANEL, show_default=False)] = None,
+    out: ReportOutOption = None,
 ) -> None:
     """How far short runs got along the paper's path: test accuracy at the paper's implied best epoch, epochs
     to 50% and 90% of its accuracy, per Table 1 row and protocol reading."""
