@@ -103,6 +103,40 @@ def test_table1_rows_are_exactly_the_papers_rows(name):
     assert all(sorted(s) == list(range(10)) for s in seeds.values())
 
 
+def readings(name: str) -> set[tuple[str, str, str, str, str]]:
+    """(rule, first layer, optimizer, init, input scaling) of every run of a sweep file."""
+    return {(c.rule.value, c.arch.value, c.optimizer.value, c.init.value, c.input_scaling.value)
+            for c in load_sweep(REPO / "sweeps" / name).configs}
+
+
+def test_table1_literal_trains_every_row_under_the_literal_reading():
+    assert {r[2:] for r in readings("table1-literal.yaml")} == {("sgd", "uniform", "unit")}
+
+
+def test_table1_trains_qagrel_literally_and_bp_with_adam_on_conv_nets_and_sgd_on_the_fc_net():
+    # The protocol study's conclusion (docs/reproduction.md#conclusion).
+    assert readings("table1.yaml") == {
+        ("qagrel", "conv", "sgd", "uniform", "unit"), ("qagrel", "loccon", "sgd", "uniform", "unit"),
+        ("qagrel", "fc", "sgd", "uniform", "unit"),
+        ("bp", "conv", "adam", "uniform", "unit"), ("bp", "loccon", "adam", "uniform", "unit"),
+        ("bp", "fc", "sgd", "uniform", "unit")}
+
+
+def test_every_run_of_table1_cpu_is_a_run_of_table1_or_of_table1_literal():
+    cpu = {c.run_id for c in load_sweep(REPO / "sweeps" / "table1-cpu.yaml").configs}
+    table1 = {c.run_id for name in TABLE1_FILES for c in load_sweep(REPO / "sweeps" / name).configs}
+    assert cpu <= table1
+
+
+def test_table1_cpu_runs_the_mnist_rows_at_10_seeds_cifar10_conv_at_3_and_literal_bp_at_3():
+    seeds = Counter((c.dataset.value, c.arch.value, c.rule.value, c.optimizer.value)
+                    for c in load_sweep(REPO / "sweeps" / "table1-cpu.yaml").configs)
+    assert seeds == {("mnist", "fc", "qagrel", "sgd"): 10, ("mnist", "fc", "bp", "sgd"): 10,
+                     ("mnist", "conv", "qagrel", "sgd"): 10, ("mnist", "conv", "bp", "adam"): 10,
+                     ("cifar10", "conv", "qagrel", "sgd"): 3, ("cifar10", "conv", "bp", "adam"): 3,
+                     ("mnist", "conv", "bp", "sgd"): 3, ("cifar10", "conv", "bp", "sgd"): 3}
+
+
 def test_grid_is_the_cartesian_product_of_listed_values(tmp_path):
     configs = expand("grid: {dataset: [mnist, cifar10], arch: [conv, loccon, fc], rule: [qagrel, bp], "
                      "max_epochs: 7}\n", tmp_path)
