@@ -27,7 +27,6 @@ sequential runs; on a CPU, the pack (auto) is never slower than sequential.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,8 @@ from typing import Any
 import torch
 from torch.utils import benchmark
 
+from bench_json import write_json
 from qagrel_cli.core.allocator import keep_freed_memory
-from qagrel_cli.core.run_folder import atomic_write_text
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import Splits
 from qagrel_cli.core.trainer import RunProgress, Trainer
@@ -89,12 +88,6 @@ def matmul_gflops(device: torch.device, min_seconds: float) -> float:
     n = 4096 if device.type == "cuda" else 2048
     a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
     return 2 * n**3 / median_seconds(lambda: a @ b, min_seconds) / 1e9
-
-
-def write_json(path: Path | None, results: dict[str, Any]) -> None:
-    """Write `results` to `path` (when given), atomically: a run cut short leaves the last whole file."""
-    if path is not None:
-        atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ rewritten after every case, so a run cut short keeps the cases it finished.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -32,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_json import write_json
 from qagrel_cli.core.allocator import keep_freed_memory
-from qagrel_cli.core.run_folder import atomic_write_text
 from qagrel_cli.core.config import Arch
 from qagrel_cli.core.layers import LocallyConnected2d
 from qagrel_cli.core.models import CONV_DROPOUT, LAST_HIDDEN_DROPOUT, build_network
@@ -71,12 +70,6 @@ def time_steps(fns: dict[str, Callable[[], object]], steps: int, device: torch.d
             sync()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def write_json(path: Path | None, results: dict[str, Any]) -> None:
-    """Write `results` to `path` (when given), atomically: a run cut short leaves the last whole file."""
-    if path is not None:
-        atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def main() -> None:

@@ -314,6 +314,20 @@ def status(
         raise fail(str(err)) from None
 
 
+def write_report(text: str, out: Path | None) -> None:
+    """A report to the file `out` (written whole or not at all, and said in one line), else to standard output."""
+    from qagrel_cli.core.run_folder import atomic_write_text
+
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        atomic_write_text(out, text)
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    console.print(f"wrote {out}", highlight=False)
+
+
 ReportOutOption = Annotated[Optional[Path], typer.Option(
     help="Write to this file instead of the terminal.", rich_help_panel=TABLE_PANEL, show_default=False)]
 
@@ -340,7 +354,6 @@ def table(
     out: ReportOutOption = None,
 ) -> None:
     """Table 1 from finished runs: Epochs and Accuracy mean (SD) over seeds per row, in the paper's layout."""
-    from qagrel_cli.core.run_folder import atomic_write_text
     from qagrel_cli.reports.table import build_table, render, rich_view
     from qagrel_cli.sweeps.results import read_results
 
@@ -349,17 +362,13 @@ def table(
         warn(results.warnings())
         result = build_table(results.runs, source=str(directory), epochs_at=epochs, accuracy_at=accuracy,
                              converged_above=converged_above, compare=compare is not None)
-        if out is not None:
-            atomic_write_text(out, render(result, fmt))
     except QagrelError as err:
         raise fail(str(err)) from None
-    if out is not None:
-        console.print(f"wrote {out}", highlight=False)
-    elif fmt == TableFormat.rich:
+    if out is None and fmt == TableFormat.rich:
         view_console = report_console()
         view_console.print(rich_view(result, view_console))
     else:
-        sys.stdout.write(render(result, fmt))
+        write_report(render(result, fmt), out)
 
 
 @app.command(cls=QagrelCommand)
@@ -372,7 +381,6 @@ def milestones(
 ) -> None:
     """How far short runs got along the paper's path: test accuracy at the paper's implied best epoch, epochs
     to 50% and 90% of its accuracy, per Table 1 row and protocol reading."""
-    from qagrel_cli.core.run_folder import atomic_write_text
     from qagrel_cli.reports.milestones import milestone_rows, render
     from qagrel_cli.sweeps.results import read_results
 
@@ -382,15 +390,9 @@ def milestones(
         rows = milestone_rows(results)
         if not rows:
             raise QagrelError(f"{directory}: no finished runs with a readable log yet")
-        text = render(rows, fmt, source=str(directory))
-        if out is not None:
-            atomic_write_text(out, text)
     except QagrelError as err:
         raise fail(str(err)) from None
-    if out is not None:
-        console.print(f"wrote {out}", highlight=False)
-    else:
-        sys.stdout.write(text)
+    write_report(render(rows, fmt, source=str(directory)), out)
 
 
 # --- plot
