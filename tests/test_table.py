@@ -162,6 +162,24 @@ def test_compare_gives_qagrel_over_bp_epoch_ratios_ours_and_the_papers(tmp_path)
     assert ratio.paper == pytest.approx(44 / 26)
 
 
+def test_qagrel_gets_an_epoch_ratio_against_each_bp_optimizer(tmp_path):
+    three_seeds(tmp_path)  # Q-AGREL: 20 epochs; its runs hold the default optimizer, which it does not read
+    fabricate(tmp_path, seed=0, rule="bp", stop_epoch=8)
+    fabricate(tmp_path, seed=0, rule="bp", optimizer="adam", stop_epoch=4)
+    ratios = table_of(tmp_path, compare=True).ratios
+    assert [(r.extras, r.ours) for r in ratios] == [((("optimizer", "sgd"),), pytest.approx(2.5)),
+                                                    ((("optimizer", "adam"),), pytest.approx(5.0))]
+    assert [r.paper for r in ratios] == [pytest.approx(44 / 26)] * 2
+
+
+def test_an_epoch_ratio_pairs_only_readings_that_agree_in_settings_both_rules_read(tmp_path):
+    three_seeds(tmp_path)  # Q-AGREL, pixels in [0, 1]: 20 epochs
+    fabricate(tmp_path, seed=0, stop_epoch=30, input_scaling="standardize")
+    fabricate(tmp_path, seed=0, rule="bp", stop_epoch=10, input_scaling="standardize")
+    (ratio,) = table_of(tmp_path, compare=True).ratios
+    assert (ratio.extras, ratio.ours) == ((("input_scaling", "standardize"),), pytest.approx(3.0))
+
+
 def test_a_row_with_another_learning_rate_has_no_paper_values(tmp_path):
     fabricate(tmp_path, seed=0, lr=0.3)
     assert table_of(tmp_path, compare=True).rows[0].paper is None

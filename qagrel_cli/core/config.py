@@ -89,6 +89,9 @@ _NOT_IDENTITY = frozenset({"device"})
 # enter the run id only when they differ from their default, so every run id recorded before them
 # stays valid. A stored config lacking any other field is damaged, not old.
 FIELDS_ADDED_LATER = ("input_scaling", "init")
+# Settings that one rule alone reads; the other rule's runs hold the default. A report
+# sets a Q-AGREL row beside an Error-BP row whatever either holds in the other's settings.
+RULE_OF_SETTING: dict[str, Rule] = {"optimizer": Rule.bp, "epsilon": Rule.qagrel, "feedback": Rule.qagrel}
 
 
 def dataset_family(dataset: Dataset) -> str:

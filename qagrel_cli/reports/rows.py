@@ -39,15 +39,20 @@ class RowKey:
     def sort_key(self) -> tuple:
         """Table 1's order: dataset, first layer (Full, Conv, LocCon), rule (Q-AGREL first), depth; within a
         row, the default (literal) setting first."""
-        extras = [(value != DEFAULTS.get(name), json.dumps(value, default=str)) for name, value in self.extras]
         return (table1_order(DATASET_NAMES, self.dataset), table1_order(ARCH_NAMES, self.arch),
-                table1_order(RULE_NAMES, self.rule), self.hidden_units.count("-"), self.hidden_units, self.lr, extras)
+                table1_order(RULE_NAMES, self.rule), self.hidden_units.count("-"), self.hidden_units, self.lr,
+                readings_order(self.extras))
 
     def cells(self) -> list[str]:
         """Display cells: Dataset, Rule, 1st layer, Hidden units, alpha, extras."""
         return [DATASET_NAMES.get(self.dataset, self.dataset), RULE_NAMES.get(self.rule, self.rule),
                 ARCH_NAMES.get(self.arch, self.arch), self.hidden_units, format_alpha(self.lr),
                 *[format_setting(v) for _, v in self.extras]]
+
+
+def readings_order(extras: tuple[tuple[str, Any], ...]) -> list[tuple[bool, str]]:
+    """A sort key for the extra settings of a row: the default (literal) reading first."""
+    return [(value != DEFAULTS.get(name), json.dumps(value, default=str)) for name, value in extras]
 
 
 def table1_order(order: dict[str, str], value: str) -> int:
@@ -92,4 +97,4 @@ def row_key(record: RunRecord, fields: list[str]) -> RowKey:
                   tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]))
 
 
-__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "row_key", "row_key_fields", "format_setting", "format_alpha"]
+__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "format_setting", "format_alpha"]

@@ -21,7 +21,6 @@ import functools
 import importlib.resources
 import io
 import itertools
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -31,10 +30,11 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
-from qagrel_cli.core.config import ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, QagrelError, TrainConfig
+from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, RULE_OF_SETTING, QagrelError, Rule,
+                                    TrainConfig)
 from qagrel_cli.reports.console import fit
-from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, row_key, row_key_fields,
-                                     table1_order)
+from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, readings_order, row_key,
+                                     row_key_fields, table1_order)
 from qagrel_cli.sweeps.results import RunRecord
 
 
@@ -265,32 +265,44 @@ def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:
 
 
 def epoch_ratios(rows: list[Row], paper: list[PaperRow]) -> list[Ratio]:
-    """Q-AGREL/BP mean epochs per dataset, first layer (and extra settings), ours and the paper's.
+    """Q-AGREL/BP mean epochs per dataset, first layer and reading, ours and the paper's.
 
-    The paper's ratio is given only where every row it is set beside follows the paper's protocol.
+    A Q-AGREL reading is set beside every Error-BP reading that agrees with it in the
+    settings both rules read (RULE_OF_SETTING), so BP with Adam and with plain SGD each get
+    a ratio; the ratio's settings are those each rule reads. The paper's ratio is given
+    only where every row it is set beside follows the paper's protocol.
     """
-    by_arch: dict[tuple, dict[str, dict[str, list[float]]]] = {}
-    not_comparable: set[tuple] = set()
+    groups: dict[tuple, dict[str, list[Row]]] = {}  # (dataset, arch, extras, rule) -> hidden units -> rows
     for row in rows:
         if row.epochs.mean is not None:
-            slot = by_arch.setdefault((row.key.dataset, row.key.arch, row.key.extras), {"qagrel": {}, "bp": {}})
-            slot.setdefault(row.key.rule, {}).setdefault(row.key.hidden_units, []).append(row.epochs.mean)
-            if row.differs:
-                not_comparable.add((row.key.dataset, row.key.arch, row.key.extras, row.key.rule, row.key.hidden_units))
+            key = (row.key.dataset, row.key.arch, row.key.extras, row.key.rule)
+            groups.setdefault(key, {}).setdefault(row.key.hidden_units, []).append(row)
     paper_epochs = {(p.key.dataset, p.key.arch, p.key.rule, p.key.hidden_units): p.epochs.mean for p in paper}
     ratios = []
-    for (dataset, arch, extras), rules in by_arch.items():
-        common = tuple(sorted(set(rules["qagrel"]) & set(rules["bp"]), key=lambda h: (h.count("-"), h)))
-        if not common:
+    for (dataset, arch, q_extras, q_rule), q_rows in groups.items():
+        if q_rule != "qagrel":
             continue
-        ours = (statistics.fmean(v for h in common for v in rules["qagrel"][h])
-                / statistics.fmean(v for h in common for v in rules["bp"][h]))
-        theirs = [[None if (dataset, arch, extras, rule, h) in not_comparable else paper_epochs.get((dataset, arch, rule, h))
-                   for h in common] for rule in ("qagrel", "bp")]
-        ratio = None if None in theirs[0] + theirs[1] else statistics.fmean(theirs[0]) / statistics.fmean(theirs[1])
-        ratios.append(Ratio(dataset, arch, extras, common, ours, ratio))
+        for (bp_dataset, bp_arch, bp_extras, bp_rule), bp_rows in groups.items():
+            if (bp_rule != "bp" or (bp_dataset, bp_arch) != (dataset, arch)
+                    or _settings_both_read(q_extras) != _settings_both_read(bp_extras)):
+                continue
+            common = tuple(sorted(set(q_rows) & set(bp_rows), key=lambda h: (h.count("-"), h)))
+            if not common:
+                continue
+            ours = (statistics.fmean(r.epochs.mean for h in common for r in q_rows[h])
+                    / statistics.fmean(r.epochs.mean for h in common for r in bp_rows[h]))
+            theirs = [[None if any(r.differs for r in by_units[h]) else paper_epochs.get((dataset, arch, rule, h))
+                       for h in common] for rule, by_units in (("qagrel", q_rows), ("bp", bp_rows))]
+            ratio = None if None in theirs[0] + theirs[1] else statistics.fmean(theirs[0]) / statistics.fmean(theirs[1])
+            extras = tuple((name, dict(bp_extras)[name] if RULE_OF_SETTING.get(name) == Rule.bp else value)
+                           for name, value in q_extras)
+            ratios.append(Ratio(dataset, arch, extras, common, ours, ratio))
     return sorted(ratios, key=lambda r: (table1_order(DATASET_NAMES, r.dataset), table1_order(ARCH_NAMES, r.arch),
-                                         json.dumps(r.extras, default=str)))
+                                         readings_order(r.extras)))
+
+
+def _settings_both_read(extras: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    return tuple((name, value) for name, value in extras if name not in RULE_OF_SETTING)
 
 
 @functools.lru_cache(maxsize=1)
