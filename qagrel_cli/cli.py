@@ -304,12 +304,15 @@ def sweep(
 def status(
     directory: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A sweep's results folder (e.g. "
                                               "results/table1) or a folder of several.")] = Path("results"),
+    times: Annotated[bool, typer.Option("--times", help="Add the done runs' measured training time per epoch, "
+                                        "per run and in all (to set beside `qagrel sweep --dry-run --estimate`).")
+                     ] = False,
 ) -> None:
     """Count done / running / failed / pending runs per Table 1 row."""
     from qagrel_cli.reports.status import print_status
 
     try:
-        print_status(directory, report_console())
+        print_status(directory, report_console(), times=times)
     except QagrelError as err:
         raise fail(str(err)) from None
 

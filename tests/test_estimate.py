@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import TrainConfig
-from qagrel_cli.reports.estimate import estimate_sweep, expected_epochs, format_duration
+from qagrel_cli.reports.estimate import estimate_sweep, expected_epochs
+from qagrel_cli.reports.rows import format_duration
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
 runner = CliRunner()

@@ -290,6 +290,25 @@ def test_cli_status_counts_planned_runs_that_never_started_as_pending(tmp_path):
     assert [c.strip() for c in total.split("│")[-6:-1]] == ["0", "0", "0", "6", "6"]
 
 
+def test_cli_status_times_gives_the_done_runs_training_time_per_epoch_per_run_and_in_all(tmp_path):
+    for seed, (seconds, epochs) in enumerate([(600.0, 10), (1200.0, 30)]):
+        run_dir = fabricate(tmp_path, seed=seed, stop_epoch=epochs)
+        runs.write_summary(run_dir, {**runs.read_summary(run_dir), "wall_seconds": seconds})
+    fabricate(tmp_path, seed=2, finished=False)  # not done: no time of its own
+    result = runner.invoke(app, ["status", str(tmp_path), "--times"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "Q-AGREL" in line)
+    # 1800 s over 40 epochs; 2 runs; in all
+    assert [c.strip() for c in row.split("│")[-4:-1]] == ["45.0 s", "15.0 min", "30.0 min"]
+
+
+def test_cli_status_shows_no_times_unless_asked(tmp_path):
+    fabricate(tmp_path, seed=0)
+    result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "250"})
+    header = next(line for line in result.stdout.splitlines() if "Dataset" in line)
+    assert header.split("┃")[-2].strip() == "total"
+
+
 def test_cli_status_of_a_missing_folder_is_a_one_line_error(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path / "nope")])
     assert result.exit_code == 2

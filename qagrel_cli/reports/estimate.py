@@ -37,7 +37,7 @@ from rich.table import Table
 from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, Dataset, TrainConfig
 from qagrel_cli.core.data import Splits, input_shape, num_classes
 from qagrel_cli.core.trainer import EVAL_BATCH, RunProgress, Trainer, resolve_device
-from qagrel_cli.reports.rows import TABLE1_FIELDS, row_key
+from qagrel_cli.reports.rows import TABLE1_FIELDS, format_duration, row_key
 from qagrel_cli.reports.table import paper_table
 from qagrel_cli.sweeps.results import RunRecord
 
@@ -219,14 +219,6 @@ def _seconds_per_call(fn: Callable[[], object], device: torch.device) -> float:
     return best
 
 
-def format_duration(seconds: float) -> str:
-    """Seconds as the unit a reader plans in: s, min, h, days, weeks."""
-    for unit, size in (("weeks", 7 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= 1.5 * size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.1f} s"
-
-
 def print_estimate(estimate: SweepEstimate, console: Console) -> None:
     """A row per network (runs, epochs and where they came from, step and epoch times, total) and the totals."""
     table = Table(title=f"expected compute time on this machine ({estimate.device}, {estimate.threads} threads)")
@@ -261,4 +253,4 @@ def print_estimate(estimate: SweepEstimate, console: Console) -> None:
 
 
 __all__ = ["estimate_sweep", "print_estimate", "SweepEstimate", "NetworkEstimate", "Cost", "calibrate",
-           "calibrate_pack", "expected_epochs", "run_seconds", "format_duration", "fake_splits"]
+           "calibrate_pack", "expected_epochs", "run_seconds", "fake_splits"]

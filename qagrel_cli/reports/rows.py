@@ -72,6 +72,14 @@ def format_alpha(lr: float) -> str:
     return short if math.isclose(float(short), lr) else f"{lr:g}"
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as the unit a reader plans in: s, min, h, days, weeks."""
+    for unit, size in (("weeks", 7 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 1.5 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
 def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
     """Table 1's row fields, plus every other setting that differs between runs of one Table 1 row.
 
@@ -97,4 +105,4 @@ def row_key(record: RunRecord, fields: list[str]) -> RowKey:
                   tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]))
 
 
-__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "format_setting", "format_alpha"]
+__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "format_setting", "format_alpha", "format_duration"]

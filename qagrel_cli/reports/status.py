@@ -13,7 +13,7 @@ from rich.table import Table
 from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError
 from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE
 from qagrel_cli.reports.console import fit
-from qagrel_cli.reports.rows import RowKey, format_setting, row_key, row_key_fields
+from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
@@ -22,6 +22,9 @@ from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
 # The count columns of `qagrel status`, and the short headers they take on a narrow terminal.
 _COUNT_HEADERS = {"done": "done", "running": "run", "failed": "fail", "damaged": "dmg", "pending": "pend",
                   "total": "all"}
+# The measured time columns: the done runs' training time (their epochs' wall time, summed) per epoch,
+# per run and in all, to set beside `qagrel sweep --dry-run --estimate`.
+_TIME_HEADERS = {"time/epoch": "t/ep", "time/run": "t/run", "time": "time"}
 
 
 def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
@@ -44,8 +47,9 @@ def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
     console.print(fit(table, console))
 
 
-def print_status(root: Path, console: Console) -> None:
-    """Per Table 1 row: done / running / failed / pending (partial included) counts, then totals."""
+def print_status(root: Path, console: Console, *, times: bool = False) -> None:
+    """Per Table 1 row: done / running / failed / pending (partial included) counts, with `times` the done
+    runs' measured training time (per epoch, per run, in all), then totals."""
     results = read_results(root)
     records = results.runs
     if not records and not results.damaged:
@@ -53,11 +57,17 @@ def print_status(root: Path, console: Console) -> None:
     fields = row_key_fields(records)
     rows: dict[RowKey, Counter] = {}
     totals: Counter = Counter()
+    spent_by_row: dict[RowKey | None, list[tuple[float, int]]] = {None: []}  # (seconds, epochs) per done run; None: all
     failures: list[tuple[Path, str]] = []
     for record in records:
         state = run_status(record.path)
-        rows.setdefault(row_key(record, fields), Counter())[state] += 1
+        key = row_key(record, fields)
+        rows.setdefault(key, Counter())[state] += 1
         totals[state] += 1
+        if state == RunStatus.done and record.summary and record.summary.get("wall_seconds") is not None:
+            spent = (float(record.summary["wall_seconds"]), int(record.summary["stop_epoch"]))
+            spent_by_row.setdefault(key, []).append(spent)
+            spent_by_row[None].append(spent)
         if state == RunStatus.failed:
             lines = (record.path / ERROR_FILE).read_text(errors="replace").strip().splitlines() or ["(empty)"]
             failures.append((record.path, lines[-1]))
@@ -67,18 +77,23 @@ def print_status(root: Path, console: Console) -> None:
                   caption=f"pending includes {totals[RunStatus.partial]} partial run(s), resumed by the next sweep")
     for header in ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in fields[5:]]]:
         table.add_column(header, no_wrap=True)  # names: shortened (…) only when nothing else can give way
-    for header in _COUNT_HEADERS:
+    for header in [*_COUNT_HEADERS, *(_TIME_HEADERS if times else [])]:
         table.add_column(header, justify="right")
 
-    def numbers(c: Counter) -> list[str]:
-        return [str(c[RunStatus.done]), str(c[RunStatus.running]), str(c[RunStatus.failed]), str(c[RunStatus.damaged]),
-                str(c[RunStatus.partial] + c[RunStatus.pending]), str(sum(c.values()))]
+    def numbers(c: Counter, spent: list[tuple[float, int]]) -> list[str]:
+        seconds, epochs = sum(s for s, _ in spent), sum(e for _, e in spent)
+        counts = [str(c[RunStatus.done]), str(c[RunStatus.running]), str(c[RunStatus.failed]),
+                  str(c[RunStatus.damaged]), str(c[RunStatus.partial] + c[RunStatus.pending]), str(sum(c.values()))]
+        if not times:
+            return counts
+        return counts + ([format_duration(seconds / epochs) if epochs else "–", format_duration(seconds / len(spent)),
+                          format_duration(seconds)] if spent else ["–"] * 3)
 
     for key in sorted(rows, key=lambda k: k.sort_key):
-        table.add_row(*key.cells(), *numbers(rows[key]))
+        table.add_row(*key.cells(), *numbers(rows[key], spent_by_row.get(key, [])))
     table.add_section()
-    table.add_row("total", *[""] * (len(fields) - 1), *numbers(totals))
-    console.print(fit(table, console, short_headers=_COUNT_HEADERS))
+    table.add_row("total", *[""] * (len(fields) - 1), *numbers(totals, spent_by_row[None]))
+    console.print(fit(table, console, short_headers={**_COUNT_HEADERS, **_TIME_HEADERS}))
     for warning in results.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for path, line in failures:
