@@ -49,6 +49,15 @@ def test_a_budget_short_of_the_implied_best_epoch_says_so(tmp_path):
     assert "beyond 10 epochs" in render([row], MilestoneFormat.markdown)
 
 
+def test_the_accuracy_at_the_implied_best_epoch_says_how_many_seeds_ran_that_far(tmp_path):
+    fabricate(tmp_path, 0, 30)
+    fabricate(tmp_path, 1, 21)  # early-stopped before E* = 24
+    (row,) = rows(tmp_path)
+    assert (row.accuracy_at_implied_best.n, row.budget, row.longest) == (1, 21, 30)
+    line = render([row], MilestoneFormat.markdown).splitlines()[2]
+    assert "| 21–30 |" in line and "| 24.00 [1/2] |" in line
+
+
 def test_epochs_to_a_fraction_of_the_papers_accuracy_count_only_the_seeds_that_got_there(tmp_path):
     fabricate(tmp_path, 0, 60)  # reaches 50 % of 99.17 (49.585 %) at epoch 50
     fabricate(tmp_path, 1, 40)  # never does

@@ -60,6 +60,7 @@ class MilestoneRow:
     seeds: int
     diverged: int  # seeds whose weights became non-finite (their logs stop there)
     budget: int  # the fewest epochs any of its seeds ran
+    longest: int  # the most epochs any of its seeds ran
     paper: PaperRow | None
     implied_best_epoch: int | None
     accuracy_at_implied_best: Stat  # n = seeds whose log reaches it
@@ -82,7 +83,7 @@ def milestone_rows(results: Results) -> list[MilestoneRow]:
 
 def _row(key: RowKey, logs: list[pd.DataFrame], diverged: int) -> MilestoneRow:
     paper = paper_row(key)
-    budget = min(int(log.index.max()) for log in logs)
+    budget, longest = min(int(log.index.max()) for log in logs), max(int(log.index.max()) for log in logs)
     implied = None if paper is None or paper.epochs.mean is None else round(paper.epochs.mean) - PATIENCE
     at_implied = [100 * float(log.at[implied, "test_acc"]) for log in logs if implied in log.index]
     reached = []
@@ -91,7 +92,7 @@ def _row(key: RowKey, logs: list[pd.DataFrame], diverged: int) -> MilestoneRow:
         firsts = [int(log.index[log["test_acc"] >= goal].min()) for log in logs if (log["test_acc"] >= goal).any()]
         reached.append(Reached(len(firsts), len(logs), Stat.of([float(e) for e in firsts])))
     best = [100 * float(log.loc[log["val_acc"].idxmax(), "test_acc"]) for log in logs]
-    return MilestoneRow(key, len(logs), diverged, budget, paper, implied, Stat.of(at_implied), tuple(reached), Stat.of(best))
+    return MilestoneRow(key, len(logs), diverged, budget, longest, paper, implied, Stat.of(at_implied), tuple(reached), Stat.of(best))
 
 
 def _stat(stat: Stat, decimals: int) -> str:
@@ -113,16 +114,20 @@ def grid(rows: Sequence[MilestoneRow]) -> tuple[list[str], list[list[str]], int]
             implied, at_implied = "–", "–"
         else:
             implied = str(row.implied_best_epoch)
-            at_implied = (_stat(row.accuracy_at_implied_best, 2) if row.accuracy_at_implied_best.n
-                          else f"beyond {row.budget} epochs")
+            n = row.accuracy_at_implied_best.n
+            at_implied = (f"beyond {row.longest} epochs" if n == 0 else _stat(row.accuracy_at_implied_best, 2)
+                          + ("" if n == row.seeds else f" [{n}/{row.seeds}]"))
         reached = [("–" if r.seeds == 0 else _stat(r.epochs, 1)) + f" [{r.seeds}/{r.of}]" for r in row.reached]
         reached += ["–"] * (len(FRACTIONS) - len(reached))
-        cells.append([*row.key.cells(), str(row.seeds), str(row.diverged), str(row.budget), paper, implied, at_implied, *reached,
+        cells.append([*row.key.cells(), str(row.seeds), str(row.diverged),
+                      str(row.budget) if row.budget == row.longest else f"{row.budget}–{row.longest}", paper, implied, at_implied, *reached,
                       _stat(row.best_within_budget, 2)])
     return headers, cells, len(TABLE1_FIELDS) + len(extra_fields)
 
 
-NOTES = ("Diverged: seeds whose weights became non-finite; their logs end there. E*: the paper's mean stop epoch minus the 20 epochs of patience, i.e. its implied best epoch. "
+NOTES = ("Diverged: seeds whose weights became non-finite; their logs end there. Epochs run: fewest–most over the seeds. "
+         "E*: the paper's mean stop epoch minus the 20 epochs of patience, i.e. its implied best epoch; the test "
+         "accuracy there is over the seeds whose logs reach it [seeds that did / seeds, when not all]. "
          "Epochs to x% of paper: the first epoch whose test accuracy reached x% of the paper's accuracy, mean (SD) "
          "over the seeds that reached it [seeds that did / seeds]. Test acc. at best val.: test accuracy at the "
          "epoch of the best validation accuracy within the epochs run. Means (sample SD) over seeds.")
