@@ -150,6 +150,24 @@ def test_runs_differing_in_more_than_the_seed_get_separate_curves(tmp_path):
     assert_csv_curve(table[table["variant"] == "lr=0.001"], "bp", expected(BP_SEEDS, "hold"))
 
 
+def test_a_reading_keeps_its_label_in_every_panel_even_where_it_is_the_only_one(tmp_path):
+    root = make_sweep(tmp_path / "sweep", dataset="cifar10")
+    make_sweep(root, dataset="cifar100")
+    make_run(root, "bp", 0, 0.5, 0.01, 4, optimizer="adam")  # CIFAR-10 only
+    table = pd.read_csv(plot(root, tmp_path / "figs").csv)
+    bp = table[table["rule"] == "bp"].drop_duplicates(["dataset", "variant"])
+    assert bp[["dataset", "variant"]].values.tolist() == [  # the default (literal) reading first
+        ["cifar10", "optimizer=sgd"], ["cifar10", "optimizer=adam"], ["cifar100", "optimizer=sgd"]]
+
+
+def test_an_init_range_that_follows_from_the_init_is_no_reading_of_its_own(tmp_path):
+    root = make_sweep(tmp_path / "sweep")
+    for seed, (a, b, stop) in enumerate(BP_SEEDS):
+        make_run(root, "bp", seed, a + 0.1, b, stop, init="he")
+    table = pd.read_csv(plot(root, tmp_path / "figs").csv)
+    assert sorted(table.loc[table["rule"] == "bp", "variant"].unique()) == ["init=he", "init=uniform"]
+
+
 def test_unfinished_and_diverged_runs_are_left_out_and_noted(tmp_path):
     root = make_sweep(tmp_path / "sweep")
     make_run(root, "qagrel", 7, 0.9, 0.0, 3, finished=False)

@@ -34,6 +34,7 @@ import pandas as pd
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, Feedback, QagrelError,
                                     Rule, parse_fc)
+from qagrel_cli.reports.rows import readings_order, settings
 from qagrel_cli.sweeps.results import RunRecord, read_results
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn (it is slow to import)
@@ -103,7 +104,8 @@ class _Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.record.config.to_dict()
+        """The run's settings as plain values (init_range None where it follows from init and arch)."""
+        return settings(self.record.config)
 
     @property
     def fc(self) -> tuple[int, ...]:
@@ -170,7 +172,7 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
         plotted = plot_angles(with_angles, out_file, fmt, after_stop=after_stop, notes=notes)
         return Plotted(plotted.figure, plotted.csv, [*plotted.notes, *warnings])
     rules = {str(r.config["rule"]) for r in runs}
-    if len(rules) < 2 and not any(len(_variants(group)) > 1 for group in _panels(runs).values()):
+    if len(rules) < 2 and not any(_varying(group) for group in _panels(runs).values()):
         only = RULE_NAMES.get(next(iter(rules)), next(iter(rules)))
         raise QagrelError(f"{path} holds finished runs of only one rule ({only}), in one setting; Figure 3 compares "
                           "Q-AGREL with Error-BP (or settings of one rule), so add runs of the other rule (or plot "
@@ -201,9 +203,18 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
                  after_stop: AfterStop, notes: Sequence[str] = ()) -> Plotted:
     """Draw one panel per dataset (columns) and architecture/hidden-units group (rows); write figure and CSV."""
     fig, panels, width = _panel_grid(runs)
+    # One label and one colour per rule and reading across all panels, so a colour means the same everywhere.
+    fields = {rule: sorted({f for _, group in panels for f in _varying([r for r in group if r.config["rule"] == rule])},
+                           key=CONFIG_FIELDS.index)
+              for rule in {str(r.config["rule"]) for r in runs}}
+    colors = {}
+    for rule, rule_fields in fields.items():
+        variants = _variants([r for r in runs if r.config["rule"] == rule], rule_fields)
+        palette = _COLORS.get(rule, ("#7f7f7f",))
+        colors.update({(rule, variant): palette[k % len(palette)] for k, variant in enumerate(variants)})
     tables = []
     for ax, panel_runs in panels:
-        tables.append(_draw_panel(ax, panel_runs, METRIC_COLUMN[metric], after_stop))
+        tables.append(_draw_panel(ax, panel_runs, METRIC_COLUMN[metric], after_stop, fields, colors))
         ax.set_ylabel(METRIC_LABEL[metric])
     what = {Metric.train: "Q-AGREL: probability of reward on the training trials (exploration included); "
                           "Error-BP: 1 − training error.",
@@ -329,17 +340,19 @@ def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Se
     return keep
 
 
-def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterStop) -> pd.DataFrame:
-    """Mean line and +/- 2 SD band per rule (and variant) on `ax`; returns the plotted numbers."""
+def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterStop, fields: dict[str, list[str]],
+                colors: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """Mean line and +/- 2 SD band per rule and variant (its values of `fields[rule]`) on `ax`, coloured by
+    `colors`; returns the plotted numbers."""
     panel = _panel_columns(ax, runs[0])
     by_rule: dict[str, list[_Run]] = defaultdict(list)
     for run in runs:
         by_rule[str(run.config["rule"])].append(run)
     tables = []
     for rule in sorted(by_rule, key=lambda r: _order(Rule, r)):
-        for k, (variant, group) in enumerate(_variants(by_rule[rule]).items()):
+        for variant, group in _variants(by_rule[rule], fields[rule]).items():
             stats = aggregate([r.curve(column) for r in group], after_stop)
-            color = _COLORS.get(rule, ("#7f7f7f",))[k % 4]
+            color = colors[(rule, variant)]
             label = f"{RULE_NAMES.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
             ax.plot(stats["epoch"], stats["mean"], color=color, label=label)
             ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.25, linewidth=0)
@@ -354,7 +367,7 @@ def _draw_angle_panel(ax: Axes, runs: Sequence[_Run], after_stop: AfterStop) -> 
     panel = _panel_columns(ax, runs[0])
     ax.axhline(90, color="grey", linestyle="--", linewidth=1)
     tables, curves = [], 0
-    for variant, group in _variants(runs, _NOT_ANGLE_VARIANT).items():
+    for variant, group in _variants(runs, _varying(runs, _NOT_ANGLE_VARIANT)).items():
         by_feedback: dict[str, list[_Run]] = defaultdict(list)
         for run in group:
             by_feedback[str(run.config["feedback"])].append(run)
@@ -415,13 +428,13 @@ def _varying(runs: Sequence[_Run], ignore: frozenset[str] = _NOT_VARIANT) -> lis
     return [f for f in CONFIG_FIELDS if f not in ignore and len({repr(r.config.get(f)) for r in runs}) > 1]
 
 
-def _variants(runs: Sequence[_Run], ignore: frozenset[str] = _NOT_VARIANT) -> dict[str, list[_Run]]:
-    """Group runs by the config fields (other than seed and `ignore`) that differ between them: 'lr=0.1' -> runs."""
-    varying = _varying(runs, ignore)
-    groups: dict[str, list[_Run]] = defaultdict(list)
+def _variants(runs: Sequence[_Run], fields: Sequence[str]) -> dict[str, list[_Run]]:
+    """Group runs by their values of `fields`: 'lr=0.1' -> runs; the defaults (the literal reading) first."""
+    groups: dict[tuple, list[_Run]] = defaultdict(list)
     for run in runs:
-        groups[", ".join(f"{f}={run.config.get(f)}" for f in varying)].append(run)
-    return dict(sorted(groups.items()))
+        groups[tuple((f, run.config.get(f)) for f in fields)].append(run)
+    return {", ".join(f"{f}={v}" for f, v in values): groups[values]
+            for values in sorted(groups, key=lambda values: readings_order(values))}
 
 
 # Non-breaking spaces keep "± 2 SD" on one line when a caption wraps.
@@ -466,7 +479,8 @@ def _style_axes(ax: Axes) -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    # Under the panel, not on it: with several readings a legend inside would hide the curves.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False)
 
 
 def _save(fig: Figure, table: pd.DataFrame, out_file: Path, fmt: PlotFormat, notes: list[str]) -> Plotted:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from qagrel_cli.core.config import ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, RULE_NAMES
+from qagrel_cli.core.config import ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, RULE_NAMES, TrainConfig
 from qagrel_cli.sweeps.results import RunRecord
 
 TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
@@ -80,6 +80,15 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def settings(config: TrainConfig) -> dict[str, Any]:
+    """`config` as plain values (TrainConfig.to_dict), init_range None where it is the range that follows
+    from init and arch: that is no setting of its own, and reports neither show it nor split by it."""
+    values = config.to_dict()
+    if config.init_range == replace(config, init_range=None).init_range:
+        values["init_range"] = None
+    return values
+
+
 def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
     """Table 1's row fields, plus every other setting that differs between runs of one Table 1 row.
 
@@ -88,10 +97,8 @@ def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
     """
     values: dict[tuple[tuple, str], set[str]] = {}
     for record in records:
-        config = record.config.to_dict()
+        config = settings(record.config)
         table1 = (config["dataset"], config["rule"], config["arch"], record.hidden_units, config["lr"])
-        if record.config.init_range == replace(record.config, init_range=None).init_range:
-            config["init_range"] = None  # the range that follows from init and arch is no setting of its own
         for name, value in config.items():
             values.setdefault((table1, name), set()).add(json.dumps(value))
     varying = {name for (_, name), seen in values.items() if len(seen) > 1}
@@ -105,4 +112,5 @@ def row_key(record: RunRecord, fields: list[str]) -> RowKey:
                   tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]))
 
 
-__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "format_setting", "format_alpha", "format_duration"]
+__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "format_setting", "format_alpha", "format_duration",
+           "settings"]
