@@ -437,6 +437,7 @@ def _variants(runs: Sequence[_Run], fields: Sequence[str]) -> dict[str, list[_Ru
             for values in sorted(groups, key=lambda values: readings_order(values))}
 
 
+_LEGEND_LINE_INCHES = 0.2  # one line of a small-font legend, with its spacing
 # Non-breaking spaces keep "± 2 SD" on one line when a caption wraps.
 _BAND_SENTENCE = "Line: mean over seeds; band: mean\u00a0±\u00a02\u00a0SD."
 
@@ -483,8 +484,22 @@ def _style_axes(ax: Axes) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False)
 
 
+def _make_room_for_legends(fig: Figure) -> None:
+    """Grow the figure by the legend lines under its tallest panel legend per row of panels, so the panels
+    keep their height however many curves a legend lists."""
+    lines: dict[int, int] = defaultdict(int)
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            row = ax.get_subplotspec().rowspan.start
+            lines[row] = max(lines[row], len(legend.get_texts()))
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + _LEGEND_LINE_INCHES * sum(n + 1 for n in lines.values()))
+
+
 def _save(fig: Figure, table: pd.DataFrame, out_file: Path, fmt: PlotFormat, notes: list[str]) -> Plotted:
     """Write the figure and its numbers (same name, .csv) atomically."""
+    _make_room_for_legends(fig)
     csv = out_file.with_suffix(".csv")
     run_folder.atomic_write(out_file, lambda tmp: fig.savefig(tmp, format=fmt.value))
     run_folder.atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
