@@ -225,7 +225,8 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
     else:  # one rule in several settings (e.g. the feedback study): say which settings differ
         varying = sorted({f for _, group in panels for f in _varying(group)})
         title = f"{RULE_NAMES.get(rules[0], rules[0])} by {', '.join(varying)}"
-    caption = " ".join([what, _BAND_SENTENCE, _stop_sentence(after_stop), *notes])
+    caption = " ".join([what, _BAND_SENTENCE, "Bands are drawn within [0, 1] (the CSV holds them whole).",
+                        _stop_sentence(after_stop), *notes])
     fig.suptitle(title, fontsize="large")
     fig.supxlabel(textwrap.fill(caption, width=int(16 * width)), fontsize="small")
     table = pd.concat(tables, ignore_index=True)[list(CSV_COLUMNS)]
@@ -355,7 +356,9 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
             color = colors[(rule, variant)]
             label = f"{RULE_NAMES.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
             ax.plot(stats["epoch"], stats["mean"], color=color, label=label)
-            ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.25, linewidth=0)
+            # Drawn within [0, 1], where every metric of this figure lives; the CSV keeps the band as computed.
+            ax.fill_between(stats["epoch"], stats["lower"].clip(0, 1), stats["upper"].clip(0, 1), color=color,
+                            alpha=0.25, linewidth=0)
             tables.append(stats.assign(**panel, rule=rule, variant=variant))
     _style_axes(ax)
     return pd.concat(tables, ignore_index=True)
