@@ -115,7 +115,8 @@ def grid(rows: Sequence[MilestoneRow]) -> tuple[list[str], list[list[str]], int]
         else:
             implied = str(row.implied_best_epoch)
             n = row.accuracy_at_implied_best.n
-            at_implied = (f"beyond {row.longest} epochs" if n == 0 else _stat(row.accuracy_at_implied_best, 2)
+            beyond = f"beyond {row.longest} epoch{'' if row.longest == 1 else 's'}"
+            at_implied = (beyond if n == 0 else _stat(row.accuracy_at_implied_best, 2)
                           + ("" if n == row.seeds else f" [{n}/{row.seeds}]"))
         reached = [("–" if r.seeds == 0 else _stat(r.epochs, 1)) + f" [{r.seeds}/{r.of}]" for r in row.reached]
         reached += ["–"] * (len(FRACTIONS) - len(reached))
