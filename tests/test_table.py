@@ -172,6 +172,15 @@ def test_qagrel_gets_an_epoch_ratio_against_each_bp_optimizer(tmp_path):
     assert [r.paper for r in ratios] == [pytest.approx(44 / 26)] * 2
 
 
+def test_a_setting_the_rule_does_not_read_shows_as_a_dash(tmp_path):
+    three_seeds(tmp_path)
+    fabricate(tmp_path, seed=0, rule="bp", optimizer="adam")
+    fabricate(tmp_path, seed=0, rule="bp")
+    table = table_of(tmp_path)
+    assert table.extra_fields == ["optimizer"]
+    assert [row.key.cells()[-1] for row in table.rows] == ["–", "sgd", "adam"]
+
+
 def test_an_epoch_ratio_pairs_only_readings_that_agree_in_settings_both_rules_read(tmp_path):
     three_seeds(tmp_path)  # Q-AGREL, pixels in [0, 1]: 20 epochs
     fabricate(tmp_path, seed=0, stop_epoch=30, input_scaling="standardize")

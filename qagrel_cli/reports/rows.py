@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from qagrel_cli.core.config import ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, RULE_NAMES, TrainConfig
+from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, RULE_NAMES, RULE_OF_SETTING,
+                                    TrainConfig)
 from qagrel_cli.sweeps.results import RunRecord
 
 TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
@@ -44,10 +45,12 @@ class RowKey:
                 readings_order(self.extras))
 
     def cells(self) -> list[str]:
-        """Display cells: Dataset, Rule, 1st layer, Hidden units, alpha, extras."""
+        """Display cells: Dataset, Rule, 1st layer, Hidden units, alpha, extras ('–' for a setting the rule does
+        not read, such as Q-AGREL's optimizer)."""
         return [DATASET_NAMES.get(self.dataset, self.dataset), RULE_NAMES.get(self.rule, self.rule),
                 ARCH_NAMES.get(self.arch, self.arch), self.hidden_units, format_alpha(self.lr),
-                *[format_setting(v) for _, v in self.extras]]
+                *[format_setting(v) if RULE_OF_SETTING.get(name, self.rule) == self.rule else "–"
+                  for name, v in self.extras]]
 
 
 def readings_order(extras: tuple[tuple[str, Any], ...]) -> list[tuple[bool, str]]:
