@@ -172,6 +172,18 @@ def test_qagrel_gets_an_epoch_ratio_against_each_bp_optimizer(tmp_path):
     assert [r.paper for r in ratios] == [pytest.approx(44 / 26)] * 2
 
 
+def test_a_row_under_a_non_literal_reading_shows_it_even_when_all_its_runs_share_it(tmp_path):
+    three_seeds(tmp_path, rule="bp", optimizer="adam")
+    table = table_of(tmp_path)
+    assert table.extra_fields == ["optimizer"]
+    assert table.rows[0].key.cells()[-1] == "adam"
+
+
+def test_a_setting_that_is_the_same_for_every_run_gets_no_column(tmp_path):
+    three_seeds(tmp_path, epsilon=0.1)  # not a protocol reading: the paper states no epsilon
+    assert table_of(tmp_path).extra_fields == []
+
+
 def test_a_setting_the_rule_does_not_read_shows_as_a_dash(tmp_path):
     three_seeds(tmp_path)
     fabricate(tmp_path, seed=0, rule="bp", optimizer="adam")

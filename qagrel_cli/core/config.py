@@ -89,6 +89,9 @@ _NOT_IDENTITY = frozenset({"device"})
 # enter the run id only when they differ from their default, so every run id recorded before them
 # stays valid. A stored config lacking any other field is damaged, not old.
 FIELDS_ADDED_LATER = ("input_scaling", "init")
+# The paper's open protocol choices (docs/reproduction.md). Their defaults are the literal reading;
+# any other value is a reading of the paper, and reports always show which.
+PROTOCOL_READINGS = ("input_scaling", "init", "optimizer")
 # Settings that one rule alone reads; the other rule's runs hold the default. A report
 # sets a Q-AGREL row beside an Error-BP row whatever either holds in the other's settings.
 RULE_OF_SETTING: dict[str, Rule] = {"optimizer": Rule.bp, "epsilon": Rule.qagrel, "feedback": Rule.qagrel}
@@ -297,5 +300,5 @@ def _check_positive_float(name: str, value: Any) -> None:
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()  # every option's default (fc, lr, init_range: conv MNIST's)
 __all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
-           "CONFIG_FIELDS", "DEFAULTS", "FIELDS_ADDED_LATER", "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "DEFAULT_FC", "DATASET_NAMES",
-           "RULE_NAMES", "ARCH_NAMES"]
+           "CONFIG_FIELDS", "DEFAULTS", "FIELDS_ADDED_LATER", "PROTOCOL_READINGS", "RULE_OF_SETTING", "paper_lr",
+           "parse_fc", "parse_seeds", "dataset_family", "DEFAULT_FC", "DATASET_NAMES", "RULE_NAMES", "ARCH_NAMES"]

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, RULE_NAMES, RULE_OF_SETTING,
-                                    TrainConfig)
+from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, PROTOCOL_READINGS, RULE_NAMES,
+                                    RULE_OF_SETTING, TrainConfig)
 from qagrel_cli.sweeps.results import RunRecord
 
 TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
@@ -96,7 +96,9 @@ def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
     """Table 1's row fields, plus every other setting that differs between runs of one Table 1 row.
 
     A setting that only differs between rows (init_range is 0.05 for fc and
-    0.02 for conv by default) needs no column of its own.
+    0.02 for conv by default) needs no column of its own. A protocol reading
+    (PROTOCOL_READINGS) gets one whenever a run departs from the literal reading,
+    so a row trained with Adam never passes for the paper's plain SGD.
     """
     values: dict[tuple[tuple, str], set[str]] = {}
     for record in records:
@@ -104,7 +106,8 @@ def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
         table1 = (config["dataset"], config["rule"], config["arch"], record.hidden_units, config["lr"])
         for name, value in config.items():
             values.setdefault((table1, name), set()).add(json.dumps(value))
-    varying = {name for (_, name), seen in values.items() if len(seen) > 1}
+    varying = {name for (_, name), seen in values.items()
+               if len(seen) > 1 or (name in PROTOCOL_READINGS and seen != {json.dumps(DEFAULTS[name])})}
     return [*TABLE1_FIELDS, *[f for f in CONFIG_FIELDS if f in varying and f not in _NOT_ROW_FIELDS]]
 
 

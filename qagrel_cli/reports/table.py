@@ -30,8 +30,8 @@ from typing import Any
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
-from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, RULE_OF_SETTING, QagrelError, Rule,
-                                    TrainConfig)
+from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, PROTOCOL_READINGS, RULE_OF_SETTING,
+                                    QagrelError, Rule, TrainConfig)
 from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, readings_order, row_key,
                                      row_key_fields, table1_order)
@@ -65,8 +65,7 @@ class Compare(str, Enum):
 # where it ran, the row itself (dataset, rule, first layer, hidden units; alpha is checked against Table 1's),
 # and the readings of the paper's open protocol choices, which are readings OF the paper: comparing
 # them with its numbers is the point of the protocol study (docs/reproduction.md).
-_COMPARABLE_WHATEVER = frozenset({"seed", "device", "dataset", "arch", "fc", "rule",
-                                  "input_scaling", "init", "optimizer"})
+_COMPARABLE_WHATEVER = frozenset({"seed", "device", "dataset", "arch", "fc", "rule", *PROTOCOL_READINGS})
 
 
 def protocol_differences(config: TrainConfig) -> list[str]:
