@@ -92,7 +92,8 @@ def _row(key: RowKey, logs: list[pd.DataFrame], diverged: int) -> MilestoneRow:
         firsts = [int(log.index[log["test_acc"] >= goal].min()) for log in logs if (log["test_acc"] >= goal).any()]
         reached.append(Reached(len(firsts), len(logs), Stat.of([float(e) for e in firsts])))
     best = [100 * float(log.loc[log["val_acc"].idxmax(), "test_acc"]) for log in logs]
-    return MilestoneRow(key, len(logs), diverged, budget, longest, paper, implied, Stat.of(at_implied), tuple(reached), Stat.of(best))
+    return MilestoneRow(key, len(logs), diverged, budget, longest, paper, implied, Stat.of(at_implied), tuple(reached),
+                        Stat.of(best))
 
 
 def _stat(stat: Stat, decimals: int) -> str:
@@ -120,13 +121,14 @@ def grid(rows: Sequence[MilestoneRow]) -> tuple[list[str], list[list[str]], int]
                           + ("" if n == row.seeds else f" [{n}/{row.seeds}]"))
         reached = [("–" if r.seeds == 0 else _stat(r.epochs, 1)) + f" [{r.seeds}/{r.of}]" for r in row.reached]
         reached += ["–"] * (len(FRACTIONS) - len(reached))
-        cells.append([*row.key.cells(), str(row.seeds), str(row.diverged),
-                      str(row.budget) if row.budget == row.longest else f"{row.budget}–{row.longest}", paper, implied, at_implied, *reached,
-                      _stat(row.best_within_budget, 2)])
+        epochs_run = str(row.budget) if row.budget == row.longest else f"{row.budget}–{row.longest}"
+        cells.append([*row.key.cells(), str(row.seeds), str(row.diverged), epochs_run, paper, implied, at_implied,
+                      *reached, _stat(row.best_within_budget, 2)])
     return headers, cells, len(TABLE1_FIELDS) + len(extra_fields)
 
 
-NOTES = ("Diverged: seeds whose weights became non-finite; their logs end there. Epochs run: fewest–most over the seeds. "
+NOTES = ("Diverged: seeds whose weights became non-finite; their logs end there. "
+         "Epochs run: fewest–most over the seeds. "
          "E*: the paper's mean stop epoch minus the 20 epochs of patience, i.e. its implied best epoch; the test "
          "accuracy there is over the seeds whose logs reach it [seeds that did / seeds, when not all]. "
          "Epochs to x% of paper: the first epoch whose test accuracy reached x% of the paper's accuracy, mean (SD) "

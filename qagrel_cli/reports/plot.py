@@ -22,6 +22,7 @@ PNG) and leaves no state behind in a caller's process.
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -102,7 +103,7 @@ class _Run:
     record: RunRecord
     log: pd.DataFrame
 
-    @property
+    @functools.cached_property  # read for every field of every run when curves are grouped
     def config(self) -> dict[str, Any]:
         """The run's settings as plain values (init_range None where it follows from init and arch)."""
         return settings(self.record.config)
@@ -204,12 +205,15 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
     """Draw one panel per dataset (columns) and architecture/hidden-units group (rows); write figure and CSV."""
     fig, panels, width = _panel_grid(runs)
     # One label and one colour per rule and reading across all panels, so a colour means the same everywhere.
+    by_rule: dict[str, list[_Run]] = defaultdict(list)
+    for run in runs:
+        by_rule[str(run.config["rule"])].append(run)
     fields = {rule: sorted({f for _, group in panels for f in _varying([r for r in group if r.config["rule"] == rule])},
                            key=CONFIG_FIELDS.index)
-              for rule in {str(r.config["rule"]) for r in runs}}
+              for rule in by_rule}
     colors = {}
     for rule, rule_fields in fields.items():
-        variants = _variants([r for r in runs if r.config["rule"] == rule], rule_fields)
+        variants = _variants(by_rule[rule], rule_fields)
         palette = _COLORS.get(rule, ("#7f7f7f",))
         colors.update({(rule, variant): palette[k % len(palette)] for k, variant in enumerate(variants)})
     tables = []

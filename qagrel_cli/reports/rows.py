@@ -118,5 +118,5 @@ def row_key(record: RunRecord, fields: list[str]) -> RowKey:
                   tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]))
 
 
-__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "format_setting", "format_alpha", "format_duration",
-           "settings"]
+__all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "settings",
+           "format_setting", "format_alpha", "format_duration"]

@@ -57,7 +57,7 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
     fields = row_key_fields(records)
     rows: dict[RowKey, Counter] = {}
     totals: Counter = Counter()
-    spent_by_row: dict[RowKey | None, list[tuple[float, int]]] = {None: []}  # (seconds, epochs) per done run; None: all
+    spent_by_row: dict[RowKey, list[tuple[float, int]]] = {}  # (seconds, epochs) of each done run
     failures: list[tuple[Path, str]] = []
     for record in records:
         state = run_status(record.path)
@@ -65,9 +65,8 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
         rows.setdefault(key, Counter())[state] += 1
         totals[state] += 1
         if state == RunStatus.done and record.summary and record.summary.get("wall_seconds") is not None:
-            spent = (float(record.summary["wall_seconds"]), int(record.summary["stop_epoch"]))
-            spent_by_row.setdefault(key, []).append(spent)
-            spent_by_row[None].append(spent)
+            spent_by_row.setdefault(key, []).append((float(record.summary["wall_seconds"]),
+                                                     int(record.summary["stop_epoch"])))
         if state == RunStatus.failed:
             lines = (record.path / ERROR_FILE).read_text(errors="replace").strip().splitlines() or ["(empty)"]
             failures.append((record.path, lines[-1]))
@@ -92,7 +91,8 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
     for key in sorted(rows, key=lambda k: k.sort_key):
         table.add_row(*key.cells(), *numbers(rows[key], spent_by_row.get(key, [])))
     table.add_section()
-    table.add_row("total", *[""] * (len(fields) - 1), *numbers(totals, spent_by_row[None]))
+    every_done_run = [spent for row_spent in spent_by_row.values() for spent in row_spent]
+    table.add_row("total", *[""] * (len(fields) - 1), *numbers(totals, every_done_run))
     console.print(fit(table, console, short_headers={**_COUNT_HEADERS, **_TIME_HEADERS}))
     for warning in results.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
