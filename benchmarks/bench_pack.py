@@ -27,7 +27,6 @@ sequential runs; on a CPU, the pack (auto) is never slower than sequential.
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from bench_json import write_json
 from qagrel_cli.core.allocator import keep_freed_memory
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import Splits
-from qagrel_cli.core.trainer import RunProgress, Trainer
+from qagrel_cli.core.trainer import RunProgress, Trainer, describe_device
 from qagrel_cli.core.layers import LocallyConnected2d
 from qagrel_cli.core.models import QNetwork
 from qagrel_cli.core.packs import Member, VmapPack
@@ -109,8 +108,7 @@ def main() -> None:
     shape = SHAPES[args.data]
     ks = [int(k) for k in args.ks.split(",")]
     auto = "vmap" if device.type == "cuda" else "loop"
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    name = describe_device(device)
     # As `qagrel train` runs on a CPU (the Trainers below would set it anyway): see qagrel_cli/core/allocator.py.
     malloc = "keeps freed memory" if device.type == "cpu" and keep_freed_memory() else "default"
     ceiling = matmul_gflops(device, args.min_seconds)

@@ -37,6 +37,7 @@ from qagrel_cli.core.config import Arch
 from qagrel_cli.core.layers import LocallyConnected2d
 from qagrel_cli.core.models import CONV_DROPOUT, LAST_HIDDEN_DROPOUT, build_network
 from qagrel_cli.core.rules import bp_step, qagrel_step
+from qagrel_cli.core.trainer import describe_device
 
 SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 
@@ -89,7 +90,7 @@ def main() -> None:
     if args.malloc == "keep" and keep_freed_memory():
         malloc = "keeps freed memory"
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    name = describe_device(device)
     print(f"device: {name}; torch {torch.__version__}; batch {args.batch_size}; malloc: {malloc}")
     print(f"{'input':6} {'arch':7} {'plain-bp ms':>11} {'bp ms':>8} {'qagrel ms':>10} {'qagrel/plain':>13}")
     results: dict[str, Any] = {"device": name, "torch": torch.__version__, "batch_size": args.batch_size,

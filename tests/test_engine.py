@@ -77,6 +77,14 @@ def test_run_folder_holds_config_log_and_summary_and_no_checkpoint_when_finished
     assert runs.read_config(tmp_path).run_id == summary["run_id"]
 
 
+def test_summary_names_the_cpu_its_vector_instructions_and_threads(mnist_dir, tmp_path):
+    summary = train(tiny(), tmp_path, data_dir=mnist_dir, quiet=True)
+    threads = torch.get_num_threads()
+    assert summary["device"].startswith("cpu (")
+    assert summary["device"].endswith(f", {torch.backends.cpu.get_cpu_capability()}, {threads} thread"
+                                      f"{'' if threads == 1 else 's'})")
+
+
 def test_early_stopping_stops_after_patience_epochs_without_improvement(mnist_dir, tmp_path):
     # lr so small that validation accuracy barely moves: it stops once it stops rising for 2 epochs.
     summary = train(tiny(lr=1e-9, patience=2, max_epochs=50), tmp_path, data_dir=mnist_dir, quiet=True)

@@ -323,6 +323,17 @@ def test_cli_status_times_gives_the_done_runs_training_time_per_epoch_per_run_an
     assert [c.strip() for c in row.split("│")[-4:-1]] == ["45.0 s", "15.0 min", "30.0 min"]
 
 
+def test_cli_status_times_names_the_machines_the_times_were_measured_on(tmp_path):
+    for seed, device in enumerate(["cpu (AMD EPYC, AVX2, 1 thread)", "cpu (AMD EPYC, AVX512, 1 thread)",
+                                   "cpu (AMD EPYC, AVX2, 1 thread)"]):
+        run_dir = fabricate(tmp_path, seed=seed)
+        runs.write_summary(run_dir, {**runs.read_summary(run_dir), "device": device, "wall_seconds": 60.0})
+    result = runner.invoke(app, ["status", str(tmp_path), "--times"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert ("times measured on cpu (AMD EPYC, AVX2, 1 thread): 2 runs; cpu (AMD EPYC, AVX512, 1 thread): 1 run"
+            in " ".join(result.stdout.split()))
+
+
 def test_cli_status_shows_no_times_unless_asked(tmp_path):
     fabricate(tmp_path, seed=0)
     result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "250"})

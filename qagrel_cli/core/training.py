@@ -32,8 +32,8 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import RawData, load_dataset, make_splits
 from qagrel_cli.core.packs import LoopPack, Member, PackStrategy, VmapPack
-from qagrel_cli.core.trainer import (CONVERGED_RULE, RunProgress, Trainer, converged, record_epoch, resolve_device,
-                                     should_stop)
+from qagrel_cli.core.trainer import (CONVERGED_RULE, RunProgress, Trainer, converged, describe_device, record_epoch,
+                                     resolve_device, should_stop)
 
 RUNS_ROOT = Path("results") / "runs"  # where a run's folder goes by default: RUNS_ROOT / <run id>
 
@@ -276,18 +276,12 @@ def _summary(config: TrainConfig, trainer: Trainer, progress: RunProgress, diver
         "converged_rule": CONVERGED_RULE,
         "diverged": diverged,
         "wall_seconds": progress.wall_seconds,
-        "device": _device_name(device),
+        "device": describe_device(device),
         "torch_version": torch.__version__,
         "qagrel_version": qagrel_cli.__version__,
         "git_commit": _git_commit(),
         "config": config.to_dict(),
     }
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
 
 
 def _git_commit() -> str | None:

@@ -58,6 +58,7 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
     rows: dict[RowKey, Counter] = {}
     totals: Counter = Counter()
     spent_by_row: dict[RowKey, list[tuple[float, int]]] = {}  # (seconds, epochs) of each done run
+    timed_on: Counter = Counter()  # the device each timed run names: times from different machines differ
     failures: list[tuple[Path, str]] = []
     for record in records:
         state = run_status(record.path)
@@ -67,6 +68,7 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
         if state == RunStatus.done and record.summary and record.summary.get("wall_seconds") is not None:
             spent_by_row.setdefault(key, []).append((float(record.summary["wall_seconds"]),
                                                      int(record.summary["stop_epoch"])))
+            timed_on[str(record.summary.get("device", "unknown device"))] += 1
         if state == RunStatus.failed:
             lines = (record.path / ERROR_FILE).read_text(errors="replace").strip().splitlines() or ["(empty)"]
             failures.append((record.path, lines[-1]))
@@ -94,6 +96,9 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
     every_done_run = [spent for row_spent in spent_by_row.values() for spent in row_spent]
     table.add_row("total", *[""] * (len(fields) - 1), *numbers(totals, every_done_run))
     console.print(fit(table, console, short_headers={**_COUNT_HEADERS, **_TIME_HEADERS}))
+    if times and timed_on:
+        console.print("times measured on " + "; ".join(f"{escape(device)}: {n} run{'' if n == 1 else 's'}"
+                                                       for device, n in timed_on.most_common()), highlight=False)
     for warning in results.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for path, line in failures:
