@@ -58,6 +58,19 @@ def test_an_init_range_with_he_init_is_refused():
         TrainConfig(init="he", init_range=0.1)
 
 
+@pytest.mark.parametrize("rule, setting, value", [("qagrel", "optimizer", "adam"), ("bp", "epsilon", 0.05),
+                                                  ("bp", "feedback", "random"), ("bp", "feedback", "fixed")])
+def test_a_setting_the_rule_does_not_read_is_refused(rule, setting, value):
+    with pytest.raises(QagrelError, match=f"^{setting} applies to rule {'bp' if rule == 'qagrel' else 'qagrel'} only"):
+        TrainConfig(rule=rule, **{setting: value})
+
+
+@pytest.mark.parametrize("rule, setting, value", [("bp", "optimizer", "adam"), ("qagrel", "epsilon", 0.05),
+                                                  ("qagrel", "feedback", "fixed")])
+def test_a_setting_the_rule_reads_is_accepted(rule, setting, value):
+    assert getattr(TrainConfig(rule=rule, **{setting: value}), setting) == TrainConfig.check_value(setting, value)
+
+
 def test_he_init_has_no_init_range():
     assert TrainConfig(init="he").init_range is None
 

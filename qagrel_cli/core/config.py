@@ -95,6 +95,10 @@ PROTOCOL_READINGS = ("input_scaling", "init", "optimizer")
 # Settings that one rule alone reads; the other rule's runs hold the default. A report
 # sets a Q-AGREL row beside an Error-BP row whatever either holds in the other's settings.
 RULE_OF_SETTING: dict[str, Rule] = {"optimizer": Rule.bp, "epsilon": Rule.qagrel, "feedback": Rule.qagrel}
+# Why the other rule cannot take a setting of RULE_OF_SETTING: the error that says so.
+_WHY_ONE_RULE = {"optimizer": "Q-AGREL applies its four-factor update directly",
+                 "epsilon": "Error-BP selects no action, it learns from every output unit",
+                 "feedback": "Error-BP never uses the feedback weights W'"}
 
 
 def dataset_family(dataset: Dataset) -> str:
@@ -164,8 +168,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_fields()
-        if self.rule == Rule.qagrel and self.optimizer != Optimizer.sgd:
-            raise QagrelError("optimizer applies to rule bp only: Q-AGREL applies its four-factor update directly")
+        for name, rule in RULE_OF_SETTING.items():
+            if self.rule != rule and getattr(self, name) != self.__dataclass_fields__[name].default:
+                raise QagrelError(f"{name} applies to rule {rule.value} only: {_WHY_ONE_RULE[name]}")
         if self.init != Init.uniform and self.init_range is not None:
             raise QagrelError(f"init_range applies to init uniform only: init {self.init.value} sets its own scale")
         self._resolve()
