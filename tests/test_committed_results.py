@@ -1,0 +1,70 @@
+"""The committed studies: every run of a study's sweep file is committed finished under results/<study>/,
+and `qagrel table` over that folder renders every row of the sweep, with all its seeds.
+
+A study joins COMPLETE_STUDIES in the commit that adds its last run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qagrel_cli.cli import app
+from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.sweeps.ledger import RunStatus, run_status
+from qagrel_cli.sweeps.results import RunRecord
+from qagrel_cli.sweeps.sweep_file import load_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+COMPLETE_STUDIES = ["protocol", "smoke"]
+runner = CliRunner()
+
+
+def _table_value(config: TrainConfig, column: str) -> str:
+    """What `qagrel table --format csv` writes in `column` for a run of `config`."""
+    if column == "first_layer":
+        return config.arch.value
+    if column == "hidden_units":
+        return RunRecord(Path(), config, None).hidden_units
+    value = getattr(config, column)
+    return getattr(value, "value", value)
+
+
+def _matches(row: dict[str, str], config: TrainConfig, columns: list[str]) -> bool:
+    for column in columns:
+        value = _table_value(config, column)
+        if isinstance(value, float):
+            if float(row[column]) != value:
+                return False
+        elif row[column] != str(value):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("study", COMPLETE_STUDIES)
+def test_every_run_of_the_study_is_committed_finished(study):
+    sweep = load_sweep(REPO / "sweeps" / f"{study}.yaml")
+    states = Counter(run_status(sweep.run_dir(REPO / "results", c)) for c in sweep.configs)
+    assert states == Counter({RunStatus.done: len(sweep.configs)})
+
+
+@pytest.mark.parametrize("study", COMPLETE_STUDIES)
+def test_table_of_the_committed_study_renders_every_row_of_its_sweep_with_all_its_seeds(study):
+    sweep = load_sweep(REPO / "sweeps" / f"{study}.yaml")
+    result = runner.invoke(app, ["table", str(REPO / "results" / study), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    settings = [c for c in rows[0] if c not in ("epochs_mean", "epochs_sd", "accuracy_mean", "accuracy_sd",
+                                                 "seeds_converged", "seeds")]
+    row_configs = Counter(replace(c, seed=0) for c in sweep.configs)
+    assert len(rows) == len(row_configs)  # one table row per row of the sweep, none merged, none missing
+    for config, seeds in row_configs.items():
+        matching = [row for row in rows if _matches(row, config, settings)]
+        assert len(matching) == 1, f"{config.run_id}: {len(matching)} table rows"
+        assert int(matching[0]["seeds"]) == seeds
