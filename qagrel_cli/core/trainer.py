@@ -53,7 +53,7 @@ def resolve_device(spec: str) -> torch.device:
 
 def describe_device(device: torch.device) -> str:
     """The device as a run's summary records it: a GPU by name; a CPU by model, vector instructions and
-    threads, the three things that set its speed (the same model runs twice as fast with AVX-512)."""
+    threads, since two CPUs of one model name can differ twofold in speed (docs/sweeps.md)."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     if device.type != "cpu":
