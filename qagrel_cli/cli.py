@@ -20,7 +20,8 @@ from qagrel_cli.core.config import (Arch, Dataset, Feedback, Init, InputScaling,
 from qagrel_cli.reports.console import report_console
 from qagrel_cli.reports.milestones import MilestoneFormat
 from qagrel_cli.reports.plot import AfterStop, Metric, PlotFormat
-from qagrel_cli.reports.table import AccuracyAt, Compare, EpochsAt, TableFormat
+from qagrel_cli.reports.table import AccuracyAt, Compare, EpochsAt
+from qagrel_cli.reports.table_formats import TableFormat
 
 # typer re-exports only BadParameter; its base is click's UsageError (vendored or not).
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -357,7 +358,8 @@ def table(
     out: ReportOutOption = None,
 ) -> None:
     """Table 1 from finished runs: Epochs and Accuracy mean (SD) over seeds per row, in the paper's layout."""
-    from qagrel_cli.reports.table import build_table, render, rich_view
+    from qagrel_cli.reports.table import build_table
+    from qagrel_cli.reports.table_formats import render, rich_view
     from qagrel_cli.sweeps.results import read_results
 
     try:

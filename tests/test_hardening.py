@@ -29,7 +29,8 @@ from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import load_dataset
 from qagrel_cli.reports.status import print_plan, print_status
 from qagrel_cli.reports.summary import print_summary
-from qagrel_cli.reports.table import build_table, rich_view
+from qagrel_cli.reports.table import build_table
+from qagrel_cli.reports.table_formats import rich_view
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import load_sweep
 

@@ -18,8 +18,8 @@ from qagrel_cli.sweeps.ledger import try_lock
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE
 from qagrel_cli.reports.rows import format_alpha
-from qagrel_cli.reports.table import (AccuracyAt, EpochsAt, TableFormat, build_table, paper_table, render,
-                              to_csv, to_latex, to_markdown)
+from qagrel_cli.reports.table import AccuracyAt, EpochsAt, build_table, paper_table
+from qagrel_cli.reports.table_formats import TableFormat, render, to_csv, to_latex, to_markdown
 
 runner = CliRunner()
 MNIST_CONV = dict(dataset="mnist", arch="conv", fc="500")

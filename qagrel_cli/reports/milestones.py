@@ -30,7 +30,8 @@ from rich.table import Table
 
 from qagrel_cli.core import run_folder
 from qagrel_cli.reports.rows import TABLE1_FIELDS, RowKey, row_key, row_key_fields
-from qagrel_cli.reports.table import PaperRow, Stat, markdown_table, paper_row
+from qagrel_cli.reports.table import PaperRow, Stat, paper_row
+from qagrel_cli.reports.table_formats import markdown_table
 from qagrel_cli.sweeps.results import Results
 
 PATIENCE = 20  # Table 1's early stopping: the best epoch is this many before the stop epoch
