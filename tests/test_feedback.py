@@ -11,6 +11,7 @@ pack; one short run on real MNIST checks what the log records.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,17 @@ def test_symmetric_feedback_stays_at_angle_zero(arch):
 
 
 # ----------------------------------------------------------------- random
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_layer_whose_weights_are_not_finite_has_no_angle(bad):
+    net = build_network(Arch.fc, (8,), (1, 4, 4), 3)
+    net.reset_weights(0.05, False, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        net.layers[1].weight[0, 0] = bad
+    angles = alignment_angles(net)
+    assert math.isnan(angles[1])
+    assert all(0 < a < 180 for k, a in enumerate(angles) if k != 1)
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_random_feedback_receives_exactly_w_s_change(arch):

@@ -156,11 +156,13 @@ def alignment_angles(net: QNetwork) -> list[float]:
 
     W' is stored in W's index order (see layers.py), so this is the angle
     between the two tensors as stored. Computed in float64: near 0 degrees the
-    arccos magnifies float32 rounding of the cosine to a tenth of a degree.
+    arccos magnifies float32 rounding of the cosine to a tenth of a degree. Weights that are no longer
+    finite (a diverged run) have no angle: NaN.
     """
     angles = []
     for layer in net.layers:
         w, b = layer.weight.detach().flatten().double(), layer.feedback_weight.flatten().double()
-        cos = torch.dot(w, b) / (w.norm() * b.norm()).clamp_min(1e-30)
-        angles.append(math.degrees(math.acos(max(-1.0, min(1.0, float(cos))))))
+        cos = float(torch.dot(w, b) / (w.norm() * b.norm()).clamp_min(1e-30))
+        # min/max would turn a NaN cosine into 1, i.e. 0°: perfect reciprocity.
+        angles.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))) if math.isfinite(cos) else math.nan)
     return angles
