@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from qagrel_cli.core import run_folder, training as engine
-from qagrel_cli.core.config import Arch, Feedback, TrainConfig
+from qagrel_cli.core.config import Arch, Feedback, TrainConfig, paper_lr
 from qagrel_cli.core.data import RawData, Splits, make_splits
 from qagrel_cli.core.models import build_network
 from qagrel_cli.core.packs import Member, VmapPack
@@ -223,12 +223,17 @@ def test_each_feedback_mode_is_a_run_of_its_own():
 
 # ----------------------------------------------------------------- the study
 
-def test_the_feedback_sweep_is_two_networks_by_three_modes_by_three_seeds_under_the_full_protocol():
+def test_the_feedback_sweep_runs_each_mode_at_table1_alpha_and_fc_also_at_alpha_0_1_under_the_full_protocol():
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "feedback.yaml")
-    assert sweep.name == "feedback" and len({c.run_id for c in sweep.configs}) == 18
-    networks = {(c.arch.value, c.fc, c.lr) for c in sweep.configs}
-    assert networks == {("fc", (1500, 1000, 500), 0.5), ("conv", (500,), 1.0)}  # Table 1's alpha for each
-    assert sorted((c.arch.value, c.feedback.value, c.seed) for c in sweep.configs) == sorted(
+    assert sweep.name == "feedback" and len({c.run_id for c in sweep.configs}) == 24
+    at_table1_alpha = [c for c in sweep.configs if c.lr == paper_lr(c.rule, c.arch, c.dataset)]
+    assert {(c.arch.value, c.fc, c.lr) for c in at_table1_alpha} == {("fc", (1500, 1000, 500), 0.5),
+                                                                      ("conv", (500,), 1.0)}
+    assert sorted((c.arch.value, c.feedback.value, c.seed) for c in at_table1_alpha) == sorted(
         (arch, mode.value, seed) for arch in ("fc", "conv") for mode in Feedback for seed in range(3))
+    # fixed diverged on fc at alpha 0.5: fc also runs at alpha 0.1, fixed and symmetric
+    assert sorted((c.arch.value, c.lr, c.feedback.value, c.seed) for c in sweep.configs
+                  if c not in at_table1_alpha) == sorted(
+        ("fc", 0.1, mode, seed) for mode in ("symmetric", "fixed") for seed in range(3))
     assert {(c.dataset.value, c.rule.value, c.max_epochs, c.patience) for c in sweep.configs} == {
         ("mnist", "qagrel", 500, 20)}
