@@ -358,6 +358,14 @@ def test_a_reading_that_differs_within_a_row_splits_it_into_labelled_lines(tmp_p
     assert "input scaling" in render(table, TableFormat.markdown)
 
 
+def test_a_row_s_lines_follow_the_setting_s_declared_order_the_paper_s_first(tmp_path):
+    for feedback in ("fixed", "random", "symmetric"):
+        fabricate(tmp_path, seed=0, feedback=feedback)
+    assert [r.key.extras for r in table_of(tmp_path).rows] == [(("feedback", "symmetric"),),
+                                                                (("feedback", "random"),),
+                                                                (("feedback", "fixed"),)]
+
+
 def test_paper_columns_go_with_every_reading_of_a_comparable_row(tmp_path):
     for scaling in ("unit", "standardize"):
         for seed in range(2):

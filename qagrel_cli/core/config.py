@@ -92,6 +92,9 @@ FIELDS_ADDED_LATER = ("input_scaling", "init")
 # The paper's open protocol choices (docs/reproduction.md). Their defaults are the literal reading;
 # any other value is a reading of the paper, and reports always show which.
 PROTOCOL_READINGS = ("input_scaling", "init", "optimizer")
+# The settings whose values are an Enum's; the declaration order is the paper's (its reading first).
+ENUM_FIELDS: dict[str, type[Enum]] = {"dataset": Dataset, "arch": Arch, "rule": Rule, "optimizer": Optimizer,
+                                      "feedback": Feedback, "init": Init, "input_scaling": InputScaling}
 # Settings that one rule alone reads; the other rule's runs hold the default. A report
 # sets a Q-AGREL row beside an Error-BP row whatever either holds in the other's settings.
 RULE_OF_SETTING: dict[str, Rule] = {"optimizer": Rule.bp, "epsilon": Rule.qagrel, "feedback": Rule.qagrel}
@@ -188,9 +191,7 @@ class TrainConfig:
 
     def _check_fields(self) -> None:
         """Each field's type and range, normalised in place (enums from strings, fc from text)."""
-        for name, enum in (("dataset", Dataset), ("arch", Arch), ("rule", Rule),
-                           ("optimizer", Optimizer), ("feedback", Feedback), ("init", Init),
-                           ("input_scaling", InputScaling)):
+        for name, enum in ENUM_FIELDS.items():
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, enum(value))
@@ -305,5 +306,5 @@ def _check_positive_float(name: str, value: Any) -> None:
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()  # every option's default (fc, lr, init_range: conv MNIST's)
 __all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
-           "CONFIG_FIELDS", "DEFAULTS", "FIELDS_ADDED_LATER", "PROTOCOL_READINGS", "RULE_OF_SETTING", "paper_lr",
+           "CONFIG_FIELDS", "DEFAULTS", "ENUM_FIELDS", "FIELDS_ADDED_LATER", "PROTOCOL_READINGS", "RULE_OF_SETTING", "paper_lr",
            "parse_fc", "parse_seeds", "dataset_family", "DEFAULT_FC", "DATASET_NAMES", "RULE_NAMES", "ARCH_NAMES"]

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from qagrel_cli.core import run_folder
-from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, Feedback, QagrelError,
+from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError,
                                     Rule, parse_fc)
-from qagrel_cli.reports.rows import readings_order, settings
+from qagrel_cli.reports.rows import readings_order, setting_order, settings
 from qagrel_cli.sweeps.results import RunRecord, read_results
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn (it is slow to import)
@@ -223,7 +223,7 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
     what = {Metric.train: "Q-AGREL: probability of reward on the training trials (exploration included); "
                           "Error-BP: 1 − training error.",
             Metric.val: "Validation accuracy.", Metric.test: "Test accuracy."}[metric]
-    rules = sorted({str(r.config["rule"]) for r in runs}, key=lambda r: _order(Rule, r))
+    rules = sorted({str(r.config["rule"]) for r in runs}, key=lambda r: setting_order("rule", r))
     if len(rules) > 1:
         title = "Q-AGREL (trial and error) vs error-backpropagation"
     else:  # one rule in several settings (e.g. the feedback study): say which settings differ
@@ -354,7 +354,7 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
     for run in runs:
         by_rule[str(run.config["rule"])].append(run)
     tables = []
-    for rule in sorted(by_rule, key=lambda r: _order(Rule, r)):
+    for rule in sorted(by_rule, key=lambda r: setting_order("rule", r)):
         for variant, group in _variants(by_rule[rule], fields[rule]).items():
             stats = aggregate([r.curve(column) for r in group], after_stop)
             color = colors[(rule, variant)]
@@ -378,7 +378,7 @@ def _draw_angle_panel(ax: Axes, runs: Sequence[_Run], after_stop: AfterStop) -> 
         by_feedback: dict[str, list[_Run]] = defaultdict(list)
         for run in group:
             by_feedback[str(run.config["feedback"])].append(run)
-        for feedback in sorted(by_feedback, key=lambda f: _order(Feedback, f)):
+        for feedback in sorted(by_feedback, key=lambda f: setting_order("feedback", f)):
             members, style = by_feedback[feedback], _CURVE_STYLES[curves % len(_CURVE_STYLES)]
             curves += 1
             for layer in members[0].angle_layers:  # one panel, one architecture: the same layers
@@ -399,8 +399,8 @@ def _panel_grid(runs: Sequence[_Run]) -> tuple[Figure, list[tuple[Axes, list[_Ru
     """A figure with one panel per dataset (columns) and architecture/hidden-units group (rows), panels with no
     runs hidden; returns it, each drawn panel with its runs (row by row), and the figure's width in inches."""
     panels = _panels(runs)
-    columns = sorted({d for d, _, _ in panels}, key=lambda d: _order(Dataset, d))
-    rows = sorted({(a, fc) for _, a, fc in panels}, key=lambda g: (_order(Arch, g[0]), g[1]))
+    columns = sorted({d for d, _, _ in panels}, key=lambda d: setting_order("dataset", d))
+    rows = sorted({(a, fc) for _, a, fc in panels}, key=lambda g: (setting_order("arch", g[0]), g[1]))
     width = max(6.4, 4.6 * len(columns))  # one panel alone still has room for the title and caption
     fig = _figure(figsize=(width, 3.5 * len(rows) + 0.7))
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
@@ -453,12 +453,6 @@ def _stop_sentence(after_stop: AfterStop) -> str:
     """The caption's account of seeds that stopped early."""
     return ("Seeds that stopped early hold their last value." if after_stop == AfterStop.hold
             else "Seeds that stopped early drop out of the mean (n falls; no band where n < 2).")
-
-
-def _order(enum: type[Enum], value: str) -> tuple[int, str]:
-    """Sort key: the enum's declaration order (the paper's order), unknown values last."""
-    values = [e.value for e in enum]
-    return (values.index(value) if value in values else len(values), value)
 
 
 def _output_file(out: Path | None, default_folder: Path, default_stem: str, fmt: PlotFormat | None

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, PROTOCOL_READINGS, RULE_NAMES,
-                                    RULE_OF_SETTING, TrainConfig)
+from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, ENUM_FIELDS, PROTOCOL_READINGS,
+                                    RULE_NAMES, RULE_OF_SETTING, TrainConfig)
 from qagrel_cli.sweeps.results import RunRecord
 
 TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
@@ -53,9 +53,18 @@ class RowKey:
                   for name, v in self.extras]]
 
 
-def readings_order(extras: tuple[tuple[str, Any], ...]) -> list[tuple[bool, str]]:
-    """A sort key for the extra settings of a row: the default (literal) reading first."""
-    return [(value != DEFAULTS.get(name), json.dumps(value, default=str)) for name, value in extras]
+def setting_order(name: str, value: Any) -> tuple[int, str]:
+    """A sort key for one setting's values: an Enum's declaration order (the paper's reading first, e.g.
+    symmetric, random, fixed), unknown values after; other settings by value."""
+    enum = ENUM_FIELDS.get(name)
+    values = [e.value for e in enum] if enum is not None else []
+    return (values.index(value) if value in values else len(values), json.dumps(value, default=str))
+
+
+def readings_order(extras: tuple[tuple[str, Any], ...]) -> list[tuple[bool, int, str]]:
+    """A sort key for the extra settings of a row: the default (literal) reading first, then in
+    `setting_order`."""
+    return [(value != DEFAULTS.get(name), *setting_order(name, value)) for name, value in extras]
 
 
 def table1_order(order: dict[str, str], value: str) -> int:
