@@ -86,6 +86,12 @@ def worker_pid(run_id: str) -> int | None:
     return None
 
 
+# Guards against a hang, not speed limits: a run of SLOW takes seconds alone, but minutes on two cores
+# shared with a running sweep (seen: over 120 s for the retried run).
+FIRST_EPOCH_WITHIN_S = 300
+SWEEP_ENDS_WITHIN_S = 900
+
+
 def kill_mid_run(path: Path, results: Path, **kwargs) -> tuple[SweepOutcome, str, pd.DataFrame]:
     """Start the one-run sweep on Ray, SIGKILL its worker once an epoch is back on disk; the outcome,
     the output and the log as it was when the worker was killed."""
@@ -94,7 +100,7 @@ def kill_mid_run(path: Path, results: Path, **kwargs) -> tuple[SweepOutcome, str
     done: dict = {}
     driver = threading.Thread(target=lambda: done.update(result=sweep_with(path, results, **kwargs)))
     driver.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + FIRST_EPOCH_WITHIN_S
     while not (run_dir / runs.LOG_FILE).exists():  # the first epoch, shipped back by the task
         assert driver.is_alive() and time.monotonic() < deadline, done
         time.sleep(0.02)
@@ -103,7 +109,7 @@ def kill_mid_run(path: Path, results: Path, **kwargs) -> tuple[SweepOutcome, str
     pid = worker_pid(config.run_id)
     assert pid is not None and runs.read_summary(run_dir) is None, "the run ended before it could be killed"
     os.kill(pid, signal.SIGKILL)
-    driver.join(120)
+    driver.join(SWEEP_ENDS_WITHIN_S)
     assert not driver.is_alive()
     return (*done["result"], before)
 
