@@ -123,7 +123,8 @@ def to_markdown(table: ResultTable) -> str:
     lines += ["- " + note.replace("*", r"\*") for note in table.notes()]
     if table.ratios:
         ratio_headers, ratio_cells = _ratio_grid(table)
-        lines += ["", "Q-AGREL / Error-BP epochs:", ""] + markdown_table(ratio_headers, ratio_cells, len(ratio_headers) - 2)
+        lines += ["", "Q-AGREL / Error-BP epochs:", ""]
+        lines += markdown_table(ratio_headers, ratio_cells, len(ratio_headers) - 2)
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +190,8 @@ def to_csv(table: ResultTable) -> str:
         if table.compare:
             p = row.paper
             line += ([num(p.epochs.mean), num(p.epochs.sd), num(p.accuracy.mean), num(p.accuracy.sd)]
-                     if p else ["", "", "", ""]) + [num(row.epochs_diff), num(row.accuracy_diff), "; ".join(row.differs)]
+                     if p else ["", "", "", ""])
+            line += [num(row.epochs_diff), num(row.accuracy_diff), "; ".join(row.differs)]
         writer.writerow(line)
     return buffer.getvalue()
 
