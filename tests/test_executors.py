@@ -23,7 +23,8 @@ from qagrel_cli.cli import app
 from qagrel_cli.core.config import QagrelError
 from qagrel_cli.core.training import train
 from qagrel_cli.sweeps.jobs import make_jobs
-from qagrel_cli.sweeps.ledger import SweepOutcome, try_lock
+from qagrel_cli.core.run_folder import try_lock
+from qagrel_cli.sweeps.ledger import SweepOutcome
 from qagrel_cli.sweeps.orchestrator import run_sweep
 from qagrel_cli.sweeps.sweep_file import load_sweep
 

@@ -292,6 +292,34 @@ def test_rerunning_a_run_with_a_higher_max_epochs_explains_the_epoch_cap(tmp_pat
     assert run_folder.read_summary(tmp_path / "run")["stop_epoch"] == 6
 
 
+def test_training_a_run_another_process_is_training_is_refused_in_one_line_and_writes_nothing(tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    fd = run_folder.try_lock(out)  # this test process plays a sweep worker that is training the run
+    try:
+        result = runner.invoke(app, [*TINY_TRAIN, "--data-dir", str(mnist_dir), "--out", str(out)])
+    finally:
+        os.close(fd)
+    assert_one_line_error(result, str(out), "is being trained by another process")
+    assert [p.name for p in out.iterdir()] == [run_folder.LOCK_FILE]
+
+
+def test_train_holds_the_runs_lock_while_training_and_a_finished_run_drops_its_lock_file(tmp_path, mnist_dir,
+                                                                                        monkeypatch):
+    out = tmp_path / "run"
+    locked_while_training = []
+    train_members = engine._train_members
+
+    def spy(members, *args):
+        locked_while_training.append(run_folder.is_locked(out))
+        return train_members(members, *args)
+
+    monkeypatch.setattr(engine, "_train_members", spy)
+    assert runner.invoke(app, [*TINY_TRAIN, "--max-epochs", "1", "--data-dir", str(mnist_dir),
+                               "--out", str(out)]).exit_code == 0
+    assert locked_while_training == [True]
+    assert run_folder.is_finished(out) and not (out / run_folder.LOCK_FILE).exists()
+
+
 @contextlib.contextmanager
 def umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)

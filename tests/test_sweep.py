@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from qagrel_cli.core import run_folder as runs
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import QagrelError, TrainConfig
-from qagrel_cli.sweeps.ledger import RunStatus, is_locked, run_status, try_lock
+from qagrel_cli.core.run_folder import is_locked, try_lock
+from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.sweep_file import load_sweep
 from qagrel_cli.reports.rows import row_key, row_key_fields
 from qagrel_cli.reports.table import paper_table
@@ -259,7 +260,7 @@ def test_run_state_follows_the_files_in_the_run_folder(tmp_path):
 
 
 def test_a_lock_reads_running_while_its_process_lives_and_vanishes_with_it_on_kill_9(tmp_path):
-    code = ("import sys, time\nfrom pathlib import Path\nfrom qagrel_cli.sweeps.ledger import try_lock\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom qagrel_cli.core.run_folder import try_lock\n"
             "assert try_lock(Path(sys.argv[1])) is not None\nprint('locked', flush=True)\ntime.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

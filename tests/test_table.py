@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from qagrel_cli.core import run_folder as runs
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import TrainConfig
-from qagrel_cli.sweeps.ledger import try_lock
+from qagrel_cli.core.run_folder import try_lock
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE
 from qagrel_cli.reports.rows import format_alpha

@@ -6,6 +6,7 @@ Layout of `<run-dir>/`:
   _checkpoint.pt  weights, optimizer, RNG states, epoch, early-stopping state
   _summary.json   written once, when the run ends (finished or diverged)
   _error.txt      the error of a run that crashed (sweeps record it)
+  _lock           flock-ed by the one process training the run (`try_lock`)
 
 Every file but the log starts with '_' because Arrow skips such files: that
 is what lets `pd.read_parquet("results/table1")` read every run's log at once.
@@ -23,12 +24,14 @@ so that every view of a results folder can report it and go on.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import yaml
@@ -41,7 +44,7 @@ CHECKPOINT_FILE = "_checkpoint.pt"
 SUMMARY_FILE = "_summary.json"
 ERROR_FILE = "_error.txt"
 LOCK_FILE = "_lock"
-# Files the sweep's run ledger may put in a run's folder before training writes anything.
+# Files a run's folder may hold before training writes anything (the lock; a sweep's record of a crash).
 LEDGER_FILES = frozenset({LOCK_FILE, ERROR_FILE})
 
 # The epoch-log columns, in order (alignment angles `angle_<layer>` follow when recorded).
@@ -183,6 +186,64 @@ def find_run_dirs(root: Path) -> list[Path]:
     if is_run_dir(root):
         return [root]
     return sorted(p.parent for p in root.rglob(CONFIG_FILE) if not p.parent.name.startswith((".", "_")))
+
+
+# ---- the run's lock: one process trains a run at a time (a sweep worker, a Ray driver or `qagrel train`)
+
+def try_lock(run_dir: Path) -> int | None:
+    """Take the run's lock without waiting: the open fd (keep it to hold the lock), or None if held elsewhere.
+
+    An flock belongs to the open file, so the kernel drops it when its process dies, even on kill -9:
+    a stale lock never blocks anyone. Two opens in one process exclude each other too.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_locked(run_dir: Path) -> bool:
+    """True while a live process holds the run's lock. Writes nothing."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:  # a shared probe: it can only fail against an exclusive holder
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def release_lock(run_dir: Path, fd: int) -> None:
+    """Give a run's lock back. A finished run's lock file goes too: done is final, and a process that
+    opened the file before the unlink gets the lock after us, sees the summary and leaves."""
+    if is_finished(run_dir):
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+    os.close(fd)
+
+
+@contextmanager
+def holding_locks(run_dirs: Sequence[Path]) -> Iterator[None]:
+    """Hold every run's lock for the block; QagrelError, holding none, if another process trains one of them."""
+    held: list[tuple[Path, int]] = []
+    try:
+        for run_dir in run_dirs:
+            fd = try_lock(run_dir)
+            if fd is None:
+                raise QagrelError(f"{run_dir} is being trained by another process (a sweep or qagrel train); "
+                                  "wait for it to end, or choose another --out")
+            held.append((run_dir, fd))
+        yield
+    finally:
+        for run_dir, fd in reversed(held):
+            release_lock(run_dir, fd)
 
 
 def _finite_or_none(value: Any) -> Any:

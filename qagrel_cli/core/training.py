@@ -15,6 +15,7 @@ and a finished run is not redone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -59,12 +60,15 @@ def train_pack(config: TrainConfig, seeds: Sequence[int], out: Path | None = Non
 
 def train_runs(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, data_dir: Path | None = None,
                download: bool = False, quiet: bool = False, console: Console | None = None,
-               strategy: PackStrategy | str = PackStrategy.auto) -> list[dict[str, Any]]:
+               strategy: PackStrategy | str = PackStrategy.auto, lock: bool = True) -> list[dict[str, Any]]:
     """Train (or resume, or return the finished results of) runs that differ only in seed, together.
 
     Returns the summaries in the order given. Raises QagrelError, before
     training, for anything the user can fix (runs that differ in more than the
-    seed, a seed twice, missing data, an unusable or foreign run folder).
+    seed, a seed twice, missing data, an unusable or foreign run folder, a run
+    another process is training). With `lock` (the default) it holds each
+    unfinished run's lock while training it; a sweep worker, which took the
+    locks itself (qagrel_cli/sweeps/ledger.py), passes False.
     """
     if not configs or len(configs) != len(run_dirs):
         raise QagrelError("give one run folder for each run (at least one)")
@@ -85,10 +89,16 @@ def train_runs(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, data
             todo.append(index)
     if todo:
         device = resolve_device(first.device)
-        raw = load_dataset(first.dataset, data_dir, download)
-        members = [Member(i, configs[i], Path(run_dirs[i]), *open_run(configs[i], Path(run_dirs[i]), raw, device))
-                   for i in todo]
-        summaries.update(_train_members(members, device, strategy, console or Console(stderr=True), quiet))
+        raw = load_dataset(first.dataset, data_dir, download)  # before the locks: a missing dataset leaves no folder
+        with run_folder.holding_locks([Path(run_dirs[i]) for i in todo]) if lock else contextlib.nullcontext():
+            for i in list(todo):  # finished by another process between the check and the lock
+                if (finished := run_folder.read_summary(Path(run_dirs[i]))) is not None:
+                    summaries[i] = finished
+                    todo.remove(i)
+            members = [Member(i, configs[i], Path(run_dirs[i]), *open_run(configs[i], Path(run_dirs[i]), raw, device))
+                       for i in todo]
+            if members:
+                summaries.update(_train_members(members, device, strategy, console or Console(stderr=True), quiet))
     return [summaries[i] for i in range(len(configs))]
 
 

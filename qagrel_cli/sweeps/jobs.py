@@ -54,7 +54,8 @@ def train_job(configs: Sequence[TrainConfig], root: Path, *, data_dir: Path, dow
     """Train (or resume) the runs in `root/<run id>/`: one run, or several as one seed pack."""
     from qagrel_cli.core.training import train_runs  # imports torch: only in the process that trains
 
-    train_runs(configs, [root / c.run_id for c in configs], data_dir=data_dir, download=download, quiet=True)
+    train_runs(configs, [root / c.run_id for c in configs], data_dir=data_dir, download=download, quiet=True,
+               lock=False)  # the worker took the runs' locks (ledger.claim_runs): a second flock would refuse
 
 
 def error_text(err: BaseException) -> str:

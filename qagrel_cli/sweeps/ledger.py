@@ -4,14 +4,14 @@ Both executors (local processes: local_executor.py; Ray tasks: ray_executor.py),
 the sweep driver and `qagrel status` use it; it is owned by none of them.
 
 A run's status is decided in one place, `run_status`. A run is locked (flock on
-`<run>/_lock`) by the process that trains it (with Ray, the driver, while the
-run's task is out); the kernel drops the lock when that process dies, even on
-kill -9, so a stale lock never blocks a later sweep.
+`<run>/_lock`, qagrel_cli/core/run_folder.py) by the process that trains it
+(with Ray, the driver, while the run's task is out); the kernel drops the lock
+when that process dies, even on kill -9, so a stale lock never blocks a later
+sweep.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from typing import Sequence
 
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import TrainConfig
-from qagrel_cli.core.run_folder import CHECKPOINT_FILE, ERROR_FILE, LOCK_FILE, LOG_FILE
+from qagrel_cli.core.run_folder import CHECKPOINT_FILE, ERROR_FILE, LOG_FILE, is_locked, try_lock
 
 # What happened to a run a worker was given (the details are on disk).
 EXIT_TRAINED = 0  # trained (or resumed) to the end: _summary.json exists
@@ -72,34 +72,6 @@ def damaged_file(run_dir: Path) -> run_folder.DamagedFile | None:
     except run_folder.DamagedFile as err:
         return err
     return None
-
-
-def try_lock(run_dir: Path) -> int | None:
-    """Take the run's lock without waiting: the open fd (keep it to hold the lock), or None if held elsewhere."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def is_locked(run_dir: Path) -> bool:
-    """True while a live process holds the run's lock. Writes nothing."""
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:  # a shared probe: it can only fail against an exclusive holder
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
 
 
 @dataclass
@@ -160,14 +132,6 @@ def claim_runs(root: Path, configs: Sequence[TrainConfig]) -> Claims:
     return claims
 
 
-def release_run(run_dir: Path, fd: int) -> None:
-    """Give a run's lock back. A finished run's lock file goes too: done is final, and a process that
-    opened the file before the unlink gets the lock after us, sees the summary and leaves."""
-    if run_folder.is_finished(run_dir):
-        (run_dir / LOCK_FILE).unlink(missing_ok=True)
-    os.close(fd)
-
-
 def record_outcome(code: int, run_dir: Path, run_id: str, outcome: SweepOutcome) -> str:
     """File a run under what happened to it (an EXIT_* code) and say it in one line.
 
@@ -207,5 +171,5 @@ def write_error(run_dir: Path, text: str, fd: int | None = None) -> None:
             os.close(fd)
 
 
-__all__ = ["RunStatus", "run_status", "damaged_file", "try_lock", "is_locked", "SweepOutcome", "Claims", "claim_runs", "release_run",
+__all__ = ["RunStatus", "run_status", "damaged_file", "SweepOutcome", "Claims", "claim_runs",
            "record_outcome", "write_error", "EXIT_TRAINED", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_ALREADY_DONE"]

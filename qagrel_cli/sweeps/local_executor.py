@@ -24,10 +24,9 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from qagrel_cli.core.config import TrainConfig
-from qagrel_cli.core.run_folder import is_finished
+from qagrel_cli.core.run_folder import is_finished, release_lock
 from qagrel_cli.sweeps.jobs import Job, error_text, train_job
-from qagrel_cli.sweeps.ledger import (EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, release_run,
-                                      write_error)
+from qagrel_cli.sweeps.ledger import EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, write_error
 from qagrel_cli.sweeps.progress import SweepProgress
 
 
@@ -141,7 +140,7 @@ def _worker(configs: Sequence[TrainConfig], root: Path, data_dir: Path, download
             finished = is_finished(run_dir)  # a pack's members that finished before a failure did
             if not finished:
                 write_error(run_dir, failure or "training ended without finishing this run\n", fd)
-            release_run(run_dir, fd)
+            release_lock(run_dir, fd)
             codes[config.run_id] = EXIT_TRAINED if finished else EXIT_FAILED
     report.send(codes)
 

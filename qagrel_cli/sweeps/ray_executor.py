@@ -48,10 +48,9 @@ from rich.console import Console
 
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE, atomic_write, epochs_saved,
-                                       is_finished)
+                                       is_finished, release_lock)
 from qagrel_cli.sweeps.jobs import Job, error_text, train_job
-from qagrel_cli.sweeps.ledger import (EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, release_run,
-                                      write_error)
+from qagrel_cli.sweeps.ledger import EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, write_error
 from qagrel_cli.sweeps.progress import SweepProgress
 
 RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install 'qagrel[ray]' "
@@ -217,7 +216,7 @@ class _Driver:
                 with contextlib.suppress(Exception):
                     self.ray.cancel(stream, force=True)
                 for run_id, fd in flight.fds.items():  # every shipped epoch is already on disk
-                    release_run(self.root / run_id, fd)
+                    release_lock(self.root / run_id, fd)
             self.live.clear()
 
     def _running(self) -> int:
@@ -285,7 +284,7 @@ class _Driver:
             self._finish(flight, run_id, EXIT_FAILED)
 
     def _finish(self, flight: _Flight, run_id: str, code: int) -> None:
-        release_run(self.root / run_id, flight.fds.pop(run_id))
+        release_lock(self.root / run_id, flight.fds.pop(run_id))
         self._report(code, run_id)
 
     def _report(self, code: int, run_id: str) -> None:
