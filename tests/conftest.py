@@ -91,3 +91,13 @@ def small_mnist(mnist_dir, monkeypatch) -> Path:
     """
     monkeypatch.setattr(engine, "load_dataset", load_with_small_test_set)
     return mnist_dir
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A CLI result that failed with exactly one line, `error: ...`, holding every fragment, and no traceback."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

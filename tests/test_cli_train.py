@@ -10,22 +10,9 @@ from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
 
-from conftest import REPO
+from conftest import REPO, assert_one_line_error
 
 runner = CliRunner()
-
-
-def error_lines(result) -> list[str]:
-    return [line for line in result.output.splitlines() if line.strip()]
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    lines = error_lines(result)
-    assert result.exit_code != 0
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error:") and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_help_explains_every_option():

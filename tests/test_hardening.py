@@ -34,7 +34,7 @@ from qagrel_cli.reports.table_formats import rich_view
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
-from conftest import FULL_MNIST, MNIST_FIXTURE, MNIST_FIXTURE_SIZES, REPO
+from conftest import FULL_MNIST, MNIST_FIXTURE, MNIST_FIXTURE_SIZES, REPO, assert_one_line_error
 
 runner = CliRunner()
 GARBAGE = b"\x00\xff\xfe garbage {[ not what a qagrel file holds\n"
@@ -91,15 +91,6 @@ def row(result, label: str) -> list[str]:
     """The cells of the table line holding `label` (the rich table's │ columns)."""
     line = next(line for line in result.stdout.splitlines() if label in line and "│" in line)
     return [cell.strip() for cell in line.split("│")[1:-1]]
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code != 0, result.output
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # --------------------------------------------- a damaged summary or config
