@@ -329,6 +329,36 @@ def test_angles_leave_out_symmetric_runs_and_say_so(tmp_path):
     assert result.notes == ["3 runs with symmetric feedback (0° throughout) not shown."]
 
 
+def make_diverged_angle_run(root: Path, seed: int, stop: int) -> Path:
+    """A fixed-feedback run that diverged in epoch `stop`: angles 70 - 2 * epoch before it, NaN in it."""
+    run_dir = make_angle_run(root, "fixed", seed, 70.0, -2.0, stop, diverged=True)
+    log = read_log(run_dir)
+    log.loc[log["epoch"] == stop, [f"angle_{layer}" for layer in range(ANGLE_LAYERS)]] = float("nan")
+    write_log(run_dir, log)
+    return run_dir
+
+
+def test_angles_draw_a_diverged_run_up_to_the_epoch_before_it_diverged_and_never_hold_it(tmp_path):
+    root = make_feedback_study(tmp_path / "study")
+    make_diverged_angle_run(root, seed=3, stop=4)
+    result = plot(root, tmp_path / "figs", angles=True)
+    got = pd.read_csv(result.csv).query("feedback == 'fixed' and layer == 0").sort_values("epoch")
+    epochs = np.arange(1, 9)
+    finished = [start + slope * np.minimum(epochs, stop) for start, slope, stop in ANGLE_SEEDS["fixed"]]  # held
+    diverged = np.where(epochs <= 3, 70.0 - 2.0 * epochs, np.nan)
+    np.testing.assert_array_equal(got["n"], [4, 4, 4, 3, 3, 3, 3, 3])
+    np.testing.assert_allclose(got["mean"], np.nanmean(np.vstack([*finished, diverged]), axis=0))
+    assert not any("diverged" in note for note in result.notes)
+
+
+def test_angles_leave_out_a_run_that_diverged_in_its_first_epoch_and_say_so(tmp_path):
+    root = make_feedback_study(tmp_path / "study")
+    make_diverged_angle_run(root, seed=3, stop=1)
+    result = plot(root, tmp_path / "figs", angles=True)
+    assert_csv_angles(pd.read_csv(result.csv), "fixed", 2, "hold")
+    assert "1 run that diverged in the first epoch not shown (no finite weights to measure)." in result.notes
+
+
 def test_angles_write_a_valid_png_named_after_the_folder_beside_figure3(tmp_path):
     root = make_feedback_study(tmp_path / "study")
     result = plot(root, angles=True)

@@ -11,9 +11,13 @@ leaves the mean instead and n shrinks. Every figure's caption says which.
 
 The angle figure shows, per layer, the angle between W and W'^T that runs with random or fixed
 feedback log every epoch (`angle_<layer>`, rules.alignment_angles), aggregated over seeds alike.
+It also draws diverged runs, up to the epoch before they diverged (the angles of finite weights:
+how far a network aligned before it blew up is part of the answer), and such a seed leaves the
+mean there instead of holding its last value.
 
 Each figure gets a CSV beside it (same name, `.csv`) holding exactly the plotted numbers.
-Only unfinished and diverged runs are left out of Figure 3; the caption counts them.
+Only unfinished and diverged runs are left out of Figure 3 (unfinished ones of the angle figure);
+the caption counts them.
 
 Matplotlib is used through `Figure` objects, never pyplot: pyplot is the only part that picks
 a GUI backend and keeps global figures, so without it plotting is headless (Agg renders the
@@ -118,14 +122,23 @@ class _Run:
         return self.record.hidden_units
 
     @property
+    def diverged(self) -> bool:
+        return bool(self.record.summary and self.record.summary.get("diverged"))
+
+    @property
     def angle_layers(self) -> list[int]:
         """The layers whose angle between W and W'^T the log holds (none with symmetric feedback)."""
         return sorted(int(c[len(ANGLE_PREFIX):]) for c in self.log.columns
                       if c.startswith(ANGLE_PREFIX) and c[len(ANGLE_PREFIX):].isdigit())
 
     def curve(self, column: str) -> pd.Series:
-        """`column` indexed by epoch (a resumed run may log an epoch twice: its last value counts)."""
+        """`column` indexed by epoch (a resumed run may log an epoch twice: its last value counts).
+
+        A diverged run's angles end before its stop epoch: weights that stopped being finite have no
+        angle (runs logged before rules.alignment_angles wrote NaN there hold 0)."""
         log = self.log.drop_duplicates("epoch", keep="last").sort_values("epoch")
+        if self.diverged and column.startswith(ANGLE_PREFIX):
+            log = log[log["epoch"] < int(self.record.summary["stop_epoch"])]
         return pd.Series(log[column].to_numpy(dtype=float), index=log["epoch"].astype(int).to_numpy())
 
 
@@ -153,7 +166,7 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
     if single:
         runs, notes, warnings = [_one_run(path)], [], []
     else:
-        runs, notes, warnings = _finished_runs(path)
+        runs, notes, warnings = _finished_runs(path, with_diverged=angles)
         runs = _select(runs, path, datasets, archs, fcs)
     filters = [a.value for a in archs] + [d.value for d in datasets] + [f.replace(",", "-") for f in fcs]
     drop = ["drop"] if after_stop == AfterStop.drop else []
@@ -162,9 +175,16 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
         if not with_angles:
             raise QagrelError(f"no run in {path} logged angles between W and W'^T (angle_<layer> columns): "
                               "only runs with --feedback random or fixed do")
-        if len(with_angles) < len(runs):
-            n = len(runs) - len(with_angles)
-            notes = [*notes, f"{n} run{'s' if n > 1 else ''} with symmetric feedback (0° throughout) not shown."]
+        if symmetric := len(runs) - len(with_angles):
+            notes = [*notes, f"{_runs(symmetric)} with symmetric feedback (0° throughout) not shown."]
+        unmeasured = [r for r in with_angles if r.curve(f"{ANGLE_PREFIX}{r.angle_layers[0]}").empty]
+        if unmeasured:  # diverged in epoch 1: no epoch with finite weights
+            notes = [*notes, f"{_runs(len(unmeasured))} that diverged in the first epoch not shown (no finite "
+                             "weights to measure)."]
+            with_angles = [r for r in with_angles if r not in unmeasured]
+            if not with_angles:
+                raise QagrelError(f"every run in {path} that logged angles diverged in its first epoch: no angle "
+                                  "of finite weights to plot")
         if single:
             stem, folder = f"{with_angles[0].record.config.run_id}_angles", path.resolve().parent / FIGURES_FOLDER
         else:
@@ -185,16 +205,19 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
     return Plotted(plotted.figure, plotted.csv, plotted.notes, warnings)
 
 
-def aggregate(curves: Sequence[pd.Series], after_stop: AfterStop = AfterStop.hold) -> pd.DataFrame:
+def aggregate(curves: Sequence[pd.Series], after_stop: AfterStop = AfterStop.hold, *,
+              never_held: Sequence[int] = ()) -> pd.DataFrame:
     """Per epoch: n, mean, sample SD (ddof=1), and the band mean +/- 2 SD over `curves` (Series indexed by epoch).
 
     hold: a curve that ends early keeps its last value to the last epoch of the longest curve, so n is
-    constant; drop: it leaves the mean after its last epoch. sd, lower and upper are NaN where n < 2.
+    constant; drop: it leaves the mean after its last epoch. The curves numbered in `never_held` (diverged
+    runs) leave it in either case. sd, lower and upper are NaN where n < 2.
     """
     wide = pd.concat(list(curves), axis=1, keys=range(len(curves)))
     wide = wide.reindex(range(1, int(wide.index.max()) + 1))
     if after_stop == AfterStop.hold:
-        wide = wide.ffill()
+        held = [k for k in range(len(curves)) if k not in set(never_held)]
+        wide[held] = wide[held].ffill()
     mean, sd = wide.mean(axis=1), wide.std(axis=1, ddof=1)
     return pd.DataFrame({"epoch": wide.index, "n": wide.count(axis=1).to_numpy(), "mean": mean.to_numpy(),
                          "sd": sd.to_numpy(), "lower": (mean - 2 * sd).to_numpy(), "upper": (mean + 2 * sd).to_numpy()})
@@ -250,7 +273,10 @@ def plot_angles(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, after_
             "(the flattened tensors, W' stored in W's index order): 0° = W' equals W^T up to a positive scale "
             "(the paper's strict reciprocity); 90° (dashed) = unrelated, as two independent random draws are. "
             "Layer 0 is the input side.")
-    caption = " ".join([what, _BAND_SENTENCE, _stop_sentence(after_stop), *notes])
+    diverged = sum(1 for r in runs if r.diverged)
+    diverged_sentence = ([f"Diverged runs ({diverged}) are drawn up to the epoch before they diverged, then "
+                          "leave the mean (the CSV's n counts the seeds in it)."] if diverged else [])
+    caption = " ".join([what, _BAND_SENTENCE, _stop_sentence(after_stop), *diverged_sentence, *notes])
     fig.suptitle("Feedback weights W' vs W^T (alignment angle)", fontsize="large")
     fig.supxlabel(textwrap.fill(caption, width=int(16 * width)), fontsize="small")
     table = pd.concat(tables, ignore_index=True)[list(ANGLE_CSV_COLUMNS)]
@@ -301,9 +327,9 @@ def _one_run(run_dir: Path) -> _Run:
     return run
 
 
-def _finished_runs(root: Path) -> tuple[list[_Run], list[str], list[str]]:
-    """The finished, non-diverged runs below `root`, a caption note for each kind left out, and a warning
-    naming each damaged file."""
+def _finished_runs(root: Path, *, with_diverged: bool = False) -> tuple[list[_Run], list[str], list[str]]:
+    """The finished runs below `root` (diverged ones only `with_diverged`), a caption note for each kind left
+    out, and a warning naming each damaged file."""
     results = read_results(root)
     if not results.runs and not results.damaged:
         raise QagrelError(f"no runs in {root} (no run folder with a _config.yaml at or below it)")
@@ -311,7 +337,7 @@ def _finished_runs(root: Path) -> tuple[list[_Run], list[str], list[str]]:
     for record in results.runs:
         if record.summary is None:
             left_out["unfinished"] += 1  # its curve would end at wherever training happens to be now
-        elif record.summary.get("diverged"):
+        elif record.summary.get("diverged") and not with_diverged:
             left_out["diverged"] += 1  # non-finite values would poison the mean
         elif not record.log_readable:
             left_out["damaged"] += 1
@@ -326,7 +352,7 @@ def _finished_runs(root: Path) -> tuple[list[_Run], list[str], list[str]]:
             else:
                 runs.append(_Run(record, log))
     left_out["damaged"] += sum(1 for d in results.damaged if d.file.name != run_folder.LOG_FILE)
-    notes = [f"{n} {kind} run{'s' if n > 1 else ''} not shown." for kind, n in left_out.items() if n]
+    notes = [f"{_runs(n, f'{kind} run')} not shown." for kind, n in left_out.items() if n]
     if not runs:
         raise QagrelError(f"no finished runs in {root} ({', '.join(f'{n} {k}' for k, n in left_out.items() if n)})")
     return runs, notes, results.warnings(log_note="its run is not plotted")
@@ -382,7 +408,8 @@ def _draw_angle_panel(ax: Axes, runs: Sequence[_Run], after_stop: AfterStop) -> 
             members, style = by_feedback[feedback], _CURVE_STYLES[curves % len(_CURVE_STYLES)]
             curves += 1
             for layer in members[0].angle_layers:  # one panel, one architecture: the same layers
-                stats = aggregate([r.curve(f"{ANGLE_PREFIX}{layer}") for r in members], after_stop)
+                stats = aggregate([r.curve(f"{ANGLE_PREFIX}{layer}") for r in members], after_stop,
+                                  never_held=[k for k, r in enumerate(members) if r.diverged])
                 color = _LAYER_COLORS[layer % len(_LAYER_COLORS)]
                 label = f"layer {layer}, {feedback}{f' ({variant})' if variant else ''}, n={len(members)}"
                 ax.plot(stats["epoch"], stats["mean"], color=color, linestyle=style, label=label)
@@ -447,6 +474,11 @@ def _variants(runs: Sequence[_Run], fields: Sequence[str]) -> dict[str, list[_Ru
 _LEGEND_LINE_INCHES = 0.2  # one line of a small-font legend, with its spacing
 # Non-breaking spaces keep "± 2 SD" on one line when a caption wraps.
 _BAND_SENTENCE = "Line: mean over seeds; band: mean\u00a0±\u00a02\u00a0SD."
+
+
+def _runs(n: int, what: str = "run") -> str:
+    """'1 run', '3 runs': a count of runs for a caption note."""
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 def _stop_sentence(after_stop: AfterStop) -> str:
