@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -18,6 +19,7 @@ from qagrel_cli.core.run_folder import try_lock
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE
 from qagrel_cli.reports.rows import format_alpha
+from qagrel_cli.reports.status import in_progress_from_log
 from qagrel_cli.reports.table import AccuracyAt, EpochsAt, build_table, paper_table
 from qagrel_cli.reports.table_formats import TableFormat, render, to_csv, to_latex, to_markdown
 
@@ -339,6 +341,48 @@ def test_cli_status_shows_no_times_unless_asked(tmp_path):
     result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "250"})
     header = next(line for line in result.stdout.splitlines() if "Dataset" in line)
     assert header.split("┃")[-2].strip() == "total"
+
+
+def fabricate_partial(root: Path, val_acc: list[float], epoch_seconds: list[float], **config) -> Path:
+    """An unfinished run whose log holds one row per epoch with these validation accuracies and times."""
+    run_dir = fabricate(root, seed=0, finished=False, **config)
+    epochs = range(1, len(val_acc) + 1)
+    runs.write_log(run_dir, pd.DataFrame({"epoch": epochs, "train_reward": 0.5, "train_loss": 0.1, "val_acc": val_acc,
+                                          "test_acc": val_acc, "epoch_seconds": epoch_seconds,
+                                          "samples_per_second": 1.0, "lr": 1.0}))
+    return run_dir
+
+
+def test_an_unfinished_run_stands_at_its_first_best_epoch_and_patience_bounds_the_epochs_left(tmp_path):
+    run_dir = fabricate_partial(tmp_path, [0.5, 0.7, 0.9, 0.8, 0.9, 0.6], [10.0, 10.0, 30.0, 20.0, 40.0, 50.0],
+                                patience=20)
+    where = in_progress_from_log(run_dir, runs.read_config(run_dir))
+    assert (where.epoch, where.best_val_acc, where.best_epoch, where.since_best) == (6, 0.9, 3, 3)
+    assert where.epochs_left_at_least == 17 and where.seconds_per_epoch == 30.0  # median of the last 5
+    assert where.seconds_left_at_least == 17 * 30.0
+
+
+def test_the_epoch_cap_bounds_the_epochs_left_when_it_comes_before_patience(tmp_path):
+    run_dir = fabricate_partial(tmp_path, [0.5, 0.7, 0.9], [1.0, 1.0, 1.0], patience=20, max_epochs=5)
+    assert in_progress_from_log(run_dir, runs.read_config(run_dir)).epochs_left_at_least == 2
+
+
+def test_cli_status_lists_each_run_in_progress_with_where_it_stands(tmp_path):
+    fabricate(tmp_path, seed=1)  # done: not listed
+    partial = fabricate_partial(tmp_path, [0.5, 0.7, 0.9, 0.8, 0.9, 0.6], [60.0] * 6, patience=20)
+    fresh = fabricate(tmp_path, seed=2, finished=False)
+    fd = try_lock(fresh)  # this test process plays the sweep that is training its first epoch
+    try:
+        result = runner.invoke(app, ["status", str(tmp_path)], env={"COLUMNS": "250"})
+    finally:
+        os.close(fd)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    cells = lambda run_dir: [c.strip() for c in next(line for line in lines if run_dir.name in line).split("│")[1:-1]]
+    assert cells(partial) == [partial.name, "partial", "6", "90.00% (epoch 3)", "3/20", "60.0 s",
+                              "17 epochs (17.0 min)"]
+    assert cells(fresh) == [fresh.name, "running", "0", "–", "–", "–", "–"]
+    assert "runs in progress" in result.stdout
 
 
 def test_cli_status_of_a_missing_folder_is_a_one_line_error(tmp_path):

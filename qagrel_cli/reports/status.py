@@ -1,17 +1,22 @@
-"""`qagrel status` and `qagrel sweep --dry-run`: where every run of a results folder or sweep stands."""
+"""`qagrel status` and `qagrel sweep --dry-run`: where every run of a results folder or sweep stands.
+
+`qagrel status` counts runs per Table 1 row, then lists the runs in progress (running, or partial
+and waiting for the next sweep) with where each stands against early stopping, read from its log.
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError
-from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE
+from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError, TrainConfig
+from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE, DamagedFile, read_log
 from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
@@ -60,8 +65,14 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
     spent_by_row: dict[RowKey, list[tuple[float, int]]] = {}  # (seconds, epochs) of each done run
     timed_on: Counter = Counter()  # the device each timed run names: times from different machines differ
     failures: list[tuple[Path, str]] = []
+    in_progress: list[tuple[Path, RunStatus, InProgress | None]] = []
     for record in records:
         state = run_status(record.path)
+        if state in (RunStatus.running, RunStatus.partial):
+            try:
+                in_progress.append((record.path, state, in_progress_from_log(record.path, record.config)))
+            except DamagedFile:  # the warnings below name the file
+                pass
         key = row_key(record, fields)
         rows.setdefault(key, Counter())[state] += 1
         totals[state] += 1
@@ -99,10 +110,63 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
     if times and timed_on:
         console.print("times measured on " + "; ".join(f"{escape(device)}: {n} run{'' if n == 1 else 's'}"
                                                        for device, n in timed_on.most_common()), highlight=False)
+    if in_progress:
+        console.print(fit(_in_progress_table(in_progress), console))
     for warning in results.warnings():
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for path, line in failures:
         console.print(f"[red]failed[/] {path}: {line}", highlight=False, soft_wrap=True)
 
 
-__all__ = ["print_plan", "print_status"]
+@dataclass(frozen=True)
+class InProgress:
+    """Where an unfinished run stands, from its log: the early-stopping state training keeps
+    (trainer.record_epoch: the best epoch is the first with the highest validation accuracy)."""
+
+    epoch: int  # epochs done
+    best_val_acc: float
+    best_epoch: int
+    since_best: int  # epochs without a higher validation accuracy
+    patience: int
+    epochs_left_at_least: int  # if validation accuracy never rises again: patience or the epoch cap ends it
+    seconds_per_epoch: float  # the median of the last 5 epochs: the pace now, not at the start
+
+    @property
+    def seconds_left_at_least(self) -> float:
+        return self.epochs_left_at_least * self.seconds_per_epoch
+
+
+def in_progress_from_log(run_dir: Path, config: TrainConfig) -> InProgress | None:
+    """The unfinished run's state after its last logged epoch; None before its first. Raises DamagedFile
+    for a log that cannot be read."""
+    log = read_log(run_dir).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    if log.empty:
+        return None
+    epoch = int(log["epoch"].iloc[-1])
+    best = log.loc[log["val_acc"].idxmax()]  # idxmax: the first epoch holding the maximum
+    since_best = epoch - int(best["epoch"])
+    return InProgress(epoch=epoch, best_val_acc=float(best["val_acc"]), best_epoch=int(best["epoch"]),
+                      since_best=since_best, patience=config.patience,
+                      epochs_left_at_least=max(0, min(config.patience - since_best, config.max_epochs - epoch)),
+                      seconds_per_epoch=float(log["epoch_seconds"].tail(5).median()))
+
+
+def _in_progress_table(runs: list[tuple[Path, RunStatus, InProgress | None]]) -> Table:
+    table = Table(title="runs in progress",
+                  caption="stops in at least: if validation accuracy never rises again (early stopping or the "
+                          "epoch cap), at the pace of its last 5 epochs")
+    for header in ("run id", "state", "epoch", "best val", "since best", "per epoch", "stops in at least"):
+        table.add_column(header, justify="left" if header in ("run id", "state") else "right",
+                         no_wrap=header == "run id")
+    for path, state, where in sorted(runs, key=lambda r: r[0].name):
+        if where is None:
+            table.add_row(path.name, state.value, "0", *["–"] * 4)  # in its first epoch
+            continue
+        table.add_row(path.name, state.value, str(where.epoch),
+                      f"{100 * where.best_val_acc:.2f}% (epoch {where.best_epoch})",
+                      f"{where.since_best}/{where.patience}", format_duration(where.seconds_per_epoch),
+                      f"{where.epochs_left_at_least} epochs ({format_duration(where.seconds_left_at_least)})")
+    return table
+
+
+__all__ = ["print_plan", "print_status", "InProgress", "in_progress_from_log"]
