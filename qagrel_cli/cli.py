@@ -249,7 +249,8 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the expanded runs and their state; write nothing.",
                                           rich_help_panel=SWEEP_PANEL)] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="With --dry-run: time each network here and print "
-                                           "the sweep's expected compute time per executor choice.",
+                                           "the expected compute time of the runs still to train, per "
+                                           "executor choice.",
                                            rich_help_panel=SWEEP_PANEL)] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the runs that failed (see their "
                                                "_error.txt) again.", rich_help_panel=SWEEP_PANEL)] = False,
@@ -282,9 +283,10 @@ def sweep(
         if dry_run:
             print_plan(plan, results, report_console())
             if estimate:
-                from qagrel_cli.reports.estimate import estimate_sweep, print_estimate
-                print_estimate(estimate_sweep(list(plan.configs), workers=workers, pack=pack or plan.pack),
-                               report_console())
+                from qagrel_cli.reports.estimate import estimate_sweep, print_estimate, runs_left
+                left = runs_left(plan, results)
+                print_estimate(estimate_sweep(left, workers=workers, pack=pack or plan.pack), report_console(),
+                               not_priced=len(plan.configs) - len(left))
             return
         ray = None
         if executor == Executor.ray:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import TrainConfig
-from qagrel_cli.reports.estimate import estimate_sweep, expected_epochs
+from qagrel_cli.core.run_folder import CHECKPOINT_FILE, ERROR_FILE
+from qagrel_cli.reports import estimate as estimate_module
+from qagrel_cli.reports.estimate import estimate_sweep, expected_epochs, print_estimate, runs_left
 from qagrel_cli.reports.rows import format_duration
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
@@ -66,3 +69,43 @@ def test_estimate_without_dry_run_is_an_error(tmp_path):
 def test_durations_are_in_the_unit_a_reader_plans_in():
     assert [format_duration(s) for s in (4.2, 600, 7200, 3 * 86400, 30 * 86400)] == [
         "4.2 s", "10.0 min", "2.0 h", "3.0 days", "4.3 weeks"]
+
+
+def test_a_resumed_sweep_prices_only_the_runs_still_to_train(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    sweep = load_sweep(path)
+    results = tmp_path / "results"
+    failed, started = (sweep.run_dir(results, c) for c in sweep.configs[:2])
+    failed.mkdir(parents=True)
+    (failed / ERROR_FILE).write_text("RuntimeError: out of memory\n")  # trains again only with --retry-failed
+    started.mkdir(parents=True)
+    (started / CHECKPOINT_FILE).write_bytes(b"")  # a resumed sweep continues it
+    assert runs_left(sweep, results) == list(sweep.configs[1:])
+
+
+def test_the_estimate_names_the_runs_it_left_out_and_says_when_nothing_is_left(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    configs = list(load_sweep(path).configs)
+    console = Console(record=True, width=200)
+    print_estimate(estimate_sweep(configs[1:], workers=2), console, not_priced=1)
+    out = console.export_text()
+    assert "the 3 runs still to train; 1 finished, failed or damaged runs are not priced" in out
+    console = Console(record=True, width=200)
+    print_estimate(estimate_sweep([], workers=2), console, not_priced=4)
+    assert console.export_text().strip() == "nothing left to train: all 4 runs are finished, failed or damaged"
+
+
+def test_the_estimate_warns_when_the_machine_was_busy_while_timing(tmp_path, monkeypatch):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    configs = list(load_sweep(path).configs)[:1]
+    for load, warned in ((2.5, True), (0.2, False)):
+        monkeypatch.setattr(estimate_module.os, "getloadavg", lambda: (load, load, load))
+        estimate = estimate_sweep(configs, workers=2)
+        console = Console(record=True, width=300)
+        print_estimate(estimate, console)
+        out = console.export_text()
+        assert estimate.load == load
+        assert ("warning: the machine was busy when timing began (load average 2.5" in out) == warned, out

@@ -39,7 +39,9 @@ from qagrel_cli.core.data import Splits, input_shape, num_classes
 from qagrel_cli.core.trainer import EVAL_BATCH, RunProgress, Trainer, resolve_device
 from qagrel_cli.reports.rows import TABLE1_FIELDS, format_duration, row_key
 from qagrel_cli.reports.table import paper_table
+from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import RunRecord
+from qagrel_cli.sweeps.sweep_file import Sweep
 
 # Training and test images per dataset (the files hold exactly these).
 DATASET_SIZES: dict[Dataset, tuple[int, int]] = {
@@ -55,6 +57,10 @@ WARMUP_CALLS = 3
 TIMING_ROUNDS = 3
 ROUND_SECONDS = 0.1
 EVAL_IMAGES = min(EVAL_BATCH, 200)  # per-image evaluation cost is flat from a few hundred images up
+# A run the sweep still trains: not started, resumable from its checkpoint, or training in another process now.
+LEFT_TO_TRAIN = (RunStatus.pending, RunStatus.partial, RunStatus.running)
+# A 1-minute load average from this much up means another process's work shared the cores while timing.
+BUSY_LOAD = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class SweepEstimate:
     pack: int
     device: str
     threads: int
+    load: float | None = None  # the 1-minute load average when timing began (None where the OS has none)
 
     @property
     def sequential(self) -> float:
@@ -107,6 +114,7 @@ class SweepEstimate:
 def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pack: int = 1) -> SweepEstimate:
     """Time one calibration per distinct network of `configs` and price the sweep. Writes nothing."""
     cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before our own timing adds to it
     workers = workers if workers and workers > 1 else max(1, cores)
     groups: dict[tuple, list[TrainConfig]] = {}
     for config in configs:
@@ -138,7 +146,13 @@ def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pa
     finally:
         torch.set_num_threads(threads)
     device = str(resolve_device(configs[0].device)) if configs else "cpu"
-    return SweepEstimate(networks, workers, pack, device, threads)
+    return SweepEstimate(networks, workers, pack, device, threads, load)
+
+
+def runs_left(sweep: Sweep, results: Path) -> list[TrainConfig]:
+    """The sweep's runs still to train (LEFT_TO_TRAIN). Done, failed and damaged runs cost nothing more:
+    a failed run trains again only with --retry-failed, a damaged one only once a person has repaired it."""
+    return [c for c in sweep.configs if run_status(sweep.run_dir(results, c)) in LEFT_TO_TRAIN]
 
 
 def expected_epochs(config: TrainConfig) -> tuple[float, str]:
@@ -219,8 +233,15 @@ def _seconds_per_call(fn: Callable[[], object], device: torch.device) -> float:
     return best
 
 
-def print_estimate(estimate: SweepEstimate, console: Console) -> None:
-    """A row per network (runs, epochs and where they came from, step and epoch times, total) and the totals."""
+def print_estimate(estimate: SweepEstimate, console: Console, *, not_priced: int = 0) -> None:
+    """A row per network (runs, epochs and where they came from, step and epoch times, total) and the totals.
+
+    `not_priced`: the sweep's runs left out because they are finished (or failed or damaged), named in a line.
+    """
+    if not estimate.networks:
+        console.print(f"nothing left to train: all {not_priced} runs are finished, failed or damaged",
+                      highlight=False)
+        return
     table = Table(title=f"expected compute time on this machine ({estimate.device}, {estimate.threads} threads)")
     for header in ("Dataset", "1st layer", "fc", "Rule", "Runs", "Epochs/run", "Step", "Epoch", "Run", "All runs"):
         table.add_column(header, justify="right" if header not in ("Dataset", "1st layer", "Rule") else "left")
@@ -250,7 +271,15 @@ def print_estimate(estimate: SweepEstimate, console: Console) -> None:
     console.print(choices)
     console.print("Epochs/run: the paper's mean epochs for the matching Table 1 row (paper), else max_epochs "
                   "(an upper bound: early stopping ends most runs sooner).", highlight=False)
+    if not_priced:
+        console.print(f"Runs: the {sum(n.runs for n in estimate.networks)} runs still to train; {not_priced} "
+                      "finished, failed or damaged runs are not priced, and a started run is priced from "
+                      "its first epoch.", highlight=False)
+    if estimate.load is not None and estimate.load >= BUSY_LOAD:
+        console.print(f"[yellow]warning:[/] the machine was busy when timing began (load average "
+                      f"{estimate.load:.1f} on {os.cpu_count() or 1} cores): other work shared the cores, so "
+                      "every time above is too long; estimate on an idle machine.", highlight=False)
 
 
-__all__ = ["estimate_sweep", "print_estimate", "SweepEstimate", "NetworkEstimate", "Cost", "calibrate",
+__all__ = ["estimate_sweep", "runs_left", "print_estimate", "SweepEstimate", "NetworkEstimate", "Cost", "calibrate",
            "calibrate_pack", "expected_epochs", "run_seconds", "fake_splits"]
