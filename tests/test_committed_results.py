@@ -1,5 +1,6 @@
 """The committed studies: every run of a study's sweep file is committed finished under results/<study>/,
-and `qagrel table` over that folder renders every row of the sweep, with all its seeds.
+and `qagrel table` over that folder renders every row of the sweep, with all its seeds; and git keeps a run's
+working files (checkpoint, lock) out of any commit.
 
 A study joins COMPLETE_STUDIES in the commit that adds its last run.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+import subprocess
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +20,7 @@ from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, LOG_FILE, SUMMARY_FILE
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import RunRecord
 from qagrel_cli.sweeps.sweep_file import load_sweep
@@ -68,3 +72,12 @@ def test_table_of_the_committed_study_renders_every_row_of_its_sweep_with_all_it
         matching = [row for row in rows if _matches(row, config, settings)]
         assert len(matching) == 1, f"{config.run_id}: {len(matching)} table rows"
         assert int(matching[0]["seeds"]) == seeds
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
+def test_git_ignores_a_run_folders_checkpoint_and_lock_but_not_its_results():
+    run = Path("results") / "any-sweep" / "any-run"
+    files = [run / name for name in (CHECKPOINT_FILE, LOCK_FILE, CONFIG_FILE, SUMMARY_FILE, LOG_FILE)]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *map(str, files)], cwd=REPO,
+                             capture_output=True, text=True).stdout.split()
+    assert ignored == [str(run / CHECKPOINT_FILE), str(run / LOCK_FILE)]
