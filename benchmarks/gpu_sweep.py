@@ -159,26 +159,34 @@ def unpack(archive: Path, results: Path) -> tuple[list[str], list[str], list[str
     added: list[str] = []
     kept: list[str] = []
     running: list[str] = []
-    results.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=results, prefix="_unpack-") as scratch, tarfile.open(archive) as tar:
-        tar.extractall(scratch, filter="data")  # the data filter refuses absolute paths and links out of scratch
-        for run_dir in sorted(Path(scratch).glob("*/*")):
-            name = f"{run_dir.parent.name}/{run_dir.name}"
-            if not run_folder.is_finished(run_dir):
-                raise SweepError(f"{archive}: {name} is not a finished run")
-            dest = results / name
-            status = run_status(dest)
-            if status == RunStatus.done:
-                kept.append(name)
-            elif status == RunStatus.running:
-                running.append(name)
-            else:  # pending, partial, failed or damaged: the finished run replaces it
-                if dest.exists():
-                    shutil.rmtree(dest)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(run_dir, dest)
-                added.append(name)
+    with tarfile.open(archive) as tar:  # an unreadable archive: one line, and nothing written
+        results.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=results, prefix="_unpack-") as scratch:
+            tar.extractall(scratch, filter="data")  # the data filter refuses absolute paths and links out of scratch
+            _place_runs(Path(scratch), results, archive, added, kept, running)
     return added, kept, running
+
+
+def _place_runs(scratch: Path, results: Path, archive: Path, added: list[str], kept: list[str],
+                running: list[str]) -> None:
+    """Move each extracted run into `results` unless one there is finished or being trained."""
+    runs = {f"{run_dir.parent.name}/{run_dir.name}": run_dir for run_dir in sorted(scratch.glob("*/*"))}
+    for name, run_dir in runs.items():  # all checked before any is placed: a bad archive changes nothing
+        if not run_folder.is_finished(run_dir):
+            raise SweepError(f"{archive}: {name} is not a finished run")
+    for name, run_dir in runs.items():
+        dest = results / name
+        status = run_status(dest)
+        if status == RunStatus.done:
+            kept.append(name)
+        elif status == RunStatus.running:
+            running.append(name)
+        else:  # pending, partial, failed or damaged: the finished run replaces it
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(run_dir, dest)
+            added.append(name)
 
 
 # ---------------------------------------------------------------- command line
@@ -194,7 +202,8 @@ def fail(message: str) -> NoReturn:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(description="\n\n".join(__doc__.split("\n\n")[:2]),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     p = verbs.add_parser("prepare", help="copy the data a run needs into the checkout")
     p.add_argument("source", type=Path, help="data folder with MNIST/raw/ and CIFAR-10 (batches or image archive)")
