@@ -99,7 +99,8 @@ def build_cifar10(data_dir: Path) -> None:
     builder = data_dir / CIFAR_BUILDER
     if not builder.is_file():
         raise SweepError(f"{data_dir} holds neither {CIFAR_BATCHES}/ nor {CIFAR_BUILDER}: run prepare first")
-    subprocess.run([sys.executable, str(builder), str(data_dir)], check=True)
+    if subprocess.run([sys.executable, str(builder), str(data_dir)]).returncode != 0:  # its error is printed above
+        raise SweepError(f"{builder} failed: CIFAR-10's batches were not built")
 
 
 # ---------------------------------------------------------------- run (on the GPU machine)
@@ -134,16 +135,15 @@ def run(sweep_file: Path, *, data_dir: Path, results: Path, out: Path, seconds: 
                 code = sweep_process.wait()
     finished = [c for c in sweep.configs
                 if c.run_id not in done_before and run_folder.is_finished(sweep.run_dir(results, c))]
+    runs = []
     with tarfile.open(out / ARCHIVE, "w:gz") as archive:
         for config in finished:
             run_dir = sweep.run_dir(results, config)
             for name in RUN_FILES:
                 archive.add(run_dir / name, arcname=f"{sweep.name}/{config.run_id}/{name}")
-    runs = []
-    for config in finished:
-        summary = run_folder.read_summary(sweep.run_dir(results, config)) or {}
-        runs.append({key: summary.get(key) for key in ("run_id", "status", "stop_epoch", "test_acc_at_best",
-                                                       "wall_seconds", "device")})
+            summary = run_folder.read_summary(run_dir) or {}
+            runs.append({key: summary.get(key) for key in ("run_id", "status", "stop_epoch", "test_acc_at_best",
+                                                           "wall_seconds", "device")})
     report = {"sweep": sweep.name, "seconds": round(time.monotonic() - start, 1), "stopped_at_deadline": stopped,
               "sweep_exit_status": code, "workers": workers, "pack": pack, "runs_finished": len(finished),
               "runs_left": len(sweep.configs) - len(done_before) - len(finished), "runs": runs}

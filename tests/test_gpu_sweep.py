@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import sys
 import shutil
+import sys
 import tarfile
 from types import SimpleNamespace
 
