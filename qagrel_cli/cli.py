@@ -357,6 +357,10 @@ def table(
                                                        "in paper SDs and the Q-AGREL/BP epoch ratios, for rows "
                                                        "whose runs follow the paper's protocol.",
                                                        rich_help_panel=TABLE_PANEL, show_default=False)] = None,
+    patience: Annotated[Optional[int], typer.Option(min=1, help="Read every run as if early stopping had waited "
+                                                    "this many epochs: where it would have stopped, replayed from "
+                                                    "its log. Runs must have trained with at least this patience.",
+                                                    rich_help_panel=TABLE_PANEL, show_default=False)] = None,
     out: ReportOutOption = None,
 ) -> None:
     """Table 1 from finished runs: Epochs and Accuracy mean (SD) over seeds per row, in the paper's layout."""
@@ -368,7 +372,8 @@ def table(
         results = read_results(directory)
         warn(results.warnings())
         result = build_table(results.runs, source=str(directory), epochs_at=epochs, accuracy_at=accuracy,
-                             converged_above=converged_above, compare=compare is not None)
+                             converged_above=converged_above, compare=compare is not None,
+                             patience=patience)
     except QagrelError as err:
         raise fail(str(err)) from None
     if out is None and fmt == TableFormat.rich:

@@ -23,7 +23,8 @@ from qagrel_cli.core.data import RawData, Splits, make_splits
 from qagrel_cli.core.models import build_network
 from qagrel_cli.core.packs import Member, VmapPack
 from qagrel_cli.core.rules import alignment_angles, qagrel_step
-from qagrel_cli.core.trainer import RunProgress, Trainer
+from qagrel_cli.core.stopping import RunProgress
+from qagrel_cli.core.trainer import Trainer
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
 from conftest import load_with_small_test_set

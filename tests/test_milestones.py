@@ -25,7 +25,7 @@ def fabricate(root: Path, seed: int, epochs: int, offset: float = 0.0, diverged:
     run_folder.write_config(run_dir, cfg)
     epoch = pd.Series(range(1, epochs + 1))
     run_folder.write_log(run_dir, pd.DataFrame({"epoch": epoch, "test_acc": epoch / 100 + offset,
-                                                "val_acc": epoch / 100 + offset - 0.01}))
+                                                "val_acc": epoch / 100 + offset - 0.01, "epoch_seconds": 1.0}))
     run_folder.write_summary(run_dir, {"run_id": cfg.run_id, "stop_epoch": epochs, "diverged": diverged})
 
 

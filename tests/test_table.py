@@ -285,6 +285,53 @@ def test_cli_table_without_finished_runs_is_a_one_line_error(tmp_path):
     assert "Traceback" not in result.output
 
 
+def fabricate_logged(root: Path, seed: int, val_acc: list[float], **config) -> Path:
+    """A finished run whose log holds these validation accuracies (test accuracy 1/10 of each), its summary
+    what training with the config's patience left."""
+    last = len(val_acc)
+    best = val_acc.index(max(val_acc)) + 1
+    run_dir = fabricate(root, seed=seed, stop_epoch=last, best_epoch=best, best_val_acc=max(val_acc),
+                        test_acc_at_best=max(val_acc) / 10, **config)
+    runs.write_log(run_dir, pd.DataFrame({"epoch": range(1, last + 1), "train_reward": 0.5, "train_loss": 0.1,
+                                          "val_acc": val_acc, "test_acc": [v / 10 for v in val_acc],
+                                          "epoch_seconds": 1.0, "samples_per_second": 1.0, "lr": 1.0}))
+    return run_dir
+
+
+def test_patience_reads_each_run_as_if_it_had_stopped_that_many_epochs_after_its_best(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55, 0.7, 0.65, 0.65, 0.65, 0.65], patience=4)
+    fabricate_logged(tmp_path, 1, [0.5, 0.8, 0.7, 0.7, 0.7, 0.7], patience=4)
+    (row,) = table_of(tmp_path, patience=2).rows
+    assert row.epochs.mean == pytest.approx((4 + 4) / 2)  # both stop 2 epochs after a best at epoch 2
+    assert row.accuracy.mean == pytest.approx(100 * (0.06 + 0.08) / 2)
+    (own,) = table_of(tmp_path).rows
+    assert own.epochs.mean == pytest.approx((9 + 6) / 2) and own.accuracy.mean == pytest.approx(100 * 0.075)
+
+
+def test_a_run_read_with_a_shorter_patience_joins_the_row_trained_with_that_patience(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55], patience=2)
+    fabricate_logged(tmp_path, 1, [0.5, 0.6, 0.55, 0.55, 0.55, 0.55], patience=4)
+    assert [r.finished for r in table_of(tmp_path).rows] == [1, 1]  # two patiences, two rows
+    (row,) = table_of(tmp_path, patience=2).rows
+    assert (row.finished, row.epochs.mean) == (2, 4.0)
+
+
+def test_cli_table_patience_says_it_replayed_early_stopping(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55], patience=2)
+    result = runner.invoke(app, ["table", str(tmp_path), "--patience", "1", "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert "| 3 (–) | 6.00 (–) |" in result.stdout
+    assert "Early stopping replayed from each run's log with patience 1" in result.stdout
+
+
+def test_cli_table_patience_longer_than_a_run_trained_with_is_a_one_line_error(tmp_path):
+    run_dir = fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55], patience=2)
+    result = runner.invoke(app, ["table", str(tmp_path), "--patience", "3"])
+    assert result.exit_code == 2
+    assert f"{run_dir.name} trained with patience 2; its log cannot show patience 3" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_cli_status_counts_each_state_per_row(tmp_path):
     fabricate(tmp_path, seed=0)  # done
     failed = fabricate(tmp_path, seed=1, finished=False)

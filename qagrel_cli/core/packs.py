@@ -58,7 +58,8 @@ from qagrel_cli.core.config import Feedback, Rule, TrainConfig
 from qagrel_cli.core.data import PixelScaling
 from qagrel_cli.core.models import QNetwork, build_network
 from qagrel_cli.core.rules import BatchStats, apply_weight_changes, bp_loss, qagrel_learn, select_action_per_member
-from qagrel_cli.core.trainer import RunProgress, Trainer, greedy_accuracy, run_batches
+from qagrel_cli.core.stopping import RunProgress
+from qagrel_cli.core.trainer import Trainer, greedy_accuracy, run_batches
 
 
 class PackStrategy(str, Enum):

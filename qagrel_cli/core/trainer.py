@@ -2,7 +2,7 @@
 
 The Trainer trains over its data once per `run_epoch` and evaluates greedily;
 `record_epoch` appends an epoch's log row and keeps the early-stopping state in
-`RunProgress`. The loop that drives runs epoch by epoch, one run or a seed pack
+`RunProgress` (qagrel_cli/core/stopping.py). The loop that drives runs epoch by epoch, one run or a seed pack
 alike, is qagrel_cli/core/training.py.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import platform
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -21,17 +20,10 @@ from qagrel_cli.core.config import Feedback, Optimizer, QagrelError, Rule, Train
 from qagrel_cli.core.data import PixelScaling, Splits
 from qagrel_cli.core.models import QNetwork, build_network
 from qagrel_cli.core.rules import BatchStats, alignment_angles, bp_step, qagrel_step
+from qagrel_cli.core.stopping import RunProgress, note_validation
 
 EVAL_BATCH = 1000
 LIVE_UPDATES_PER_EPOCH = 10  # a live display reads device metrics this often, never per batch
-CONVERGED_RULE = "not diverged and best validation accuracy >= 2 x chance"
-
-
-def converged(best_val_acc: float, num_classes: int, diverged: bool, chance_multiple: float = 2.0) -> bool:
-    """A run converged when it did not diverge and its best validation accuracy is >= k x chance."""
-    return not diverged and best_val_acc >= chance_multiple / num_classes
-
-
 def resolve_device(spec: str) -> torch.device:
     """'auto' -> CUDA if present, else MPS if present, else CPU; explicit devices are checked."""
     if spec == "auto":
@@ -78,20 +70,6 @@ def _cpu_model() -> str:
 def stream_seed(seed: int, stream: str) -> int:
     """Independent 63-bit seeds per random stream (init, data order, trial draws) from one run seed."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
-
-
-@dataclass
-class RunProgress:
-    """Everything besides the network that a resumed run needs to continue exactly: the epoch, the
-    early-stopping state (best validation accuracy, its epoch and test accuracy, epochs since) and the log."""
-
-    epoch: int = 0
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    test_acc_at_best: float = float("nan")
-    epochs_since_best: int = 0
-    wall_seconds: float = 0.0
-    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -235,19 +213,5 @@ def record_epoch(trainer: Trainer, progress: RunProgress, *, rewarded: float, lo
         row.update({f"angle_{n}": a for n, a in enumerate(alignment_angles(trainer.net))})
     progress.rows.append(row)
     progress.wall_seconds += epoch_seconds
-    # A diverged epoch was still evaluated (a network with non-finite outputs picks class 0), so it can be
-    # the best only when no earlier epoch was better: the summary then reports what the log shows.
-    if row["val_acc"] > progress.best_val_acc:
-        progress.best_val_acc, progress.best_epoch = row["val_acc"], progress.epoch
-        progress.test_acc_at_best = row["test_acc"]
-        progress.epochs_since_best = 0
-    else:
-        progress.epochs_since_best += 1
+    note_validation(progress, val_acc, test_acc)
     return not finite
-
-
-def should_stop(config: TrainConfig, progress: RunProgress, diverged: bool) -> bool:
-    """Diverged, out of patience (early stopping) or at the epoch limit."""
-    return diverged or progress.epochs_since_best >= config.patience or progress.epoch >= config.max_epochs
-
-

@@ -33,8 +33,8 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import RawData, load_dataset, make_splits
 from qagrel_cli.core.packs import LoopPack, Member, PackStrategy, VmapPack
-from qagrel_cli.core.trainer import (CONVERGED_RULE, RunProgress, Trainer, converged, describe_device, record_epoch,
-                                     resolve_device, should_stop)
+from qagrel_cli.core.stopping import CONVERGED_RULE, RunProgress, converged, should_stop
+from qagrel_cli.core.trainer import Trainer, describe_device, record_epoch, resolve_device
 
 RUNS_ROOT = Path("results") / "runs"  # where a run's folder goes by default: RUNS_ROOT / <run id>
 

@@ -36,7 +36,8 @@ from rich.table import Table
 
 from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, Dataset, TrainConfig
 from qagrel_cli.core.data import Splits, input_shape, num_classes
-from qagrel_cli.core.trainer import EVAL_BATCH, RunProgress, Trainer, resolve_device
+from qagrel_cli.core.stopping import RunProgress
+from qagrel_cli.core.trainer import EVAL_BATCH, Trainer, resolve_device
 from qagrel_cli.reports.rows import TABLE1_FIELDS, format_duration, row_key
 from qagrel_cli.reports.table import paper_table
 from qagrel_cli.sweeps.ledger import RunStatus, run_status

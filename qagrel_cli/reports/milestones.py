@@ -29,12 +29,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from qagrel_cli.core import run_folder
+from qagrel_cli.core.config import DEFAULTS
+from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.rows import TABLE1_FIELDS, RowKey, row_key, row_key_fields
 from qagrel_cli.reports.table import PaperRow, Stat, paper_row
 from qagrel_cli.reports.table_formats import markdown_table
-from qagrel_cli.sweeps.results import Results
+from qagrel_cli.sweeps.results import Results, RunRecord
 
-PATIENCE = 20  # Table 1's early stopping: the best epoch is this many before the stop epoch
+PATIENCE = DEFAULTS["patience"]  # Table 1's early stopping: the best epoch is this many before the stop epoch
 FRACTIONS = (0.5, 0.9)  # of the paper's final accuracy
 
 
@@ -73,16 +75,16 @@ def milestone_rows(results: Results) -> list[MilestoneRow]:
     """The milestones of every row of finished runs with a readable log (logs are read here)."""
     finished = [r for r in results.runs if r.summary is not None and r.log_readable]
     fields = row_key_fields(finished)
-    groups: dict[RowKey, list[tuple[pd.DataFrame, bool]]] = {}
+    groups: dict[RowKey, list[tuple[pd.DataFrame, RunRecord]]] = {}
     for record in finished:
         log = run_folder.read_log(record.path).drop_duplicates("epoch", keep="last").set_index("epoch")
         if not log.empty:
-            groups.setdefault(row_key(record, fields), []).append((log, bool(record.summary.get("diverged"))))
-    return [_row(key, [log for log, _ in runs], sum(d for _, d in runs))
+            groups.setdefault(row_key(record, fields), []).append((log, record))
+    return [_row(key, [log for log, _ in runs], [record for _, record in runs])
             for key, runs in sorted(groups.items(), key=lambda item: item[0].sort_key)]
 
 
-def _row(key: RowKey, logs: list[pd.DataFrame], diverged: int) -> MilestoneRow:
+def _row(key: RowKey, logs: list[pd.DataFrame], records: list[RunRecord]) -> MilestoneRow:
     paper = paper_row(key)
     budget, longest = min(int(log.index.max()) for log in logs), max(int(log.index.max()) for log in logs)
     implied = None if paper is None or paper.epochs.mean is None else round(paper.epochs.mean) - PATIENCE
@@ -92,7 +94,11 @@ def _row(key: RowKey, logs: list[pd.DataFrame], diverged: int) -> MilestoneRow:
         goal = fraction * paper.accuracy.mean / 100
         firsts = [int(log.index[log["test_acc"] >= goal].min()) for log in logs if (log["test_acc"] >= goal).any()]
         reached.append(Reached(len(firsts), len(logs), Stat.of([float(e) for e in firsts])))
-    best = [100 * float(log.loc[log["val_acc"].idxmax(), "test_acc"]) for log in logs]
+    # Early stopping replayed over the whole log (the run's own patience, so its last epoch at the latest):
+    # the engine's best epoch, also for runs recorded before a diverged epoch could be the best.
+    best = [100 * replay(log.reset_index(), record.config).progress.test_acc_at_best
+            for log, record in zip(logs, records)]
+    diverged = sum(bool(record.summary.get("diverged")) for record in records)
     return MilestoneRow(key, len(logs), diverged, budget, longest, paper, implied, Stat.of(at_implied), tuple(reached),
                         Stat.of(best))
 

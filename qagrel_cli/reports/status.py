@@ -17,6 +17,7 @@ from rich.table import Table
 
 from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError, TrainConfig
 from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE, DamagedFile, read_log
+from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
@@ -120,8 +121,8 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
 
 @dataclass(frozen=True)
 class InProgress:
-    """Where an unfinished run stands, from its log: the early-stopping state training keeps
-    (trainer.record_epoch: the best epoch is the first with the highest validation accuracy)."""
+    """Where an unfinished run stands, from its log: the early-stopping state training keeps, replayed
+    (core/stopping.py)."""
 
     epoch: int  # epochs done
     best_val_acc: float
@@ -142,12 +143,11 @@ def in_progress_from_log(run_dir: Path, config: TrainConfig) -> InProgress | Non
     log = read_log(run_dir).drop_duplicates("epoch", keep="last").sort_values("epoch")
     if log.empty:
         return None
-    epoch = int(log["epoch"].iloc[-1])
-    best = log.loc[log["val_acc"].idxmax()]  # idxmax: the first epoch holding the maximum
-    since_best = epoch - int(best["epoch"])
-    return InProgress(epoch=epoch, best_val_acc=float(best["val_acc"]), best_epoch=int(best["epoch"]),
-                      since_best=since_best, patience=config.patience,
-                      epochs_left_at_least=max(0, min(config.patience - since_best, config.max_epochs - epoch)),
+    state = replay(log, config).progress
+    return InProgress(epoch=state.epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
+                      since_best=state.epochs_since_best, patience=config.patience,
+                      epochs_left_at_least=max(0, min(config.patience - state.epochs_since_best,
+                                                      config.max_epochs - state.epoch)),
                       seconds_per_epoch=float(log["epoch_seconds"].tail(5).median()))
 
 

@@ -22,12 +22,14 @@ import importlib.resources
 import io
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, PROTOCOL_READINGS, RULE_OF_SETTING,
                                     QagrelError, Rule, TrainConfig)
+from qagrel_cli.core.stopping import converged, summary_under_patience
 from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, readings_order, row_key,
                                      row_key_fields, table1_order)
 from qagrel_cli.sweeps.results import RunRecord
@@ -173,6 +175,7 @@ class ResultTable:
     class_counts: tuple[int, ...]
     compare: bool
     ratios: list[Ratio]
+    patience: int | None = None  # early stopping replayed from the logs with this patience
 
     def notes(self) -> list[str]:
         """The definitions printed under the table, in plain text."""
@@ -186,6 +189,9 @@ class ResultTable:
                  f"Seeds: converged/finished; * not every seed converged. Converged: finished without diverging "
                  f"and best validation accuracy >= {self.converged_above:g}x chance ({chance}).",
                  ]
+        if self.patience is not None:
+            notes.append(f"Early stopping replayed from each run's log with patience {self.patience}: where each "
+                         f"run would have stopped, and its best epoch up to there.")
         if self.unfinished:
             notes.append(f"{self.unfinished} unfinished run(s) left out (qagrel status lists them).")
         if self.compare:
@@ -210,14 +216,17 @@ class ResultTable:
 
 def build_table(records: list[RunRecord], *, source: str = "", epochs_at: EpochsAt = EpochsAt.stop,
                 accuracy_at: AccuracyAt = AccuracyAt.best, converged_above: float = 2.0,
-                compare: bool = False) -> ResultTable:
-    """Group finished runs into Table 1 rows; unfinished ones are only counted."""
+                compare: bool = False, patience: int | None = None) -> ResultTable:
+    """Group finished runs into Table 1 rows; unfinished ones are only counted. With `patience`, every run
+    is read as if it had trained with that patience (`with_patience`)."""
     if not converged_above > 0:
         raise QagrelError(f"--converged-above must be a positive multiple of chance, got {converged_above!r}")
     finished = [r for r in records if r.summary is not None]
     if not finished:
         raise QagrelError(f"{source or 'these runs'}: no finished runs yet ({len(records)} unfinished); "
                           "qagrel status shows where they are")
+    if patience is not None:
+        finished = [with_patience(r, patience) for r in finished]
     fields = row_key_fields(finished)
     groups: dict[RowKey, list[RunRecord]] = {}
     for record in finished:
@@ -238,13 +247,21 @@ def build_table(records: list[RunRecord], *, source: str = "", epochs_at: Epochs
                        unfinished=len(records) - len(finished), epochs_at=epochs_at, accuracy_at=accuracy_at,
                        converged_above=converged_above,
                        class_counts=tuple(sorted({int(r.summary["num_classes"]) for r in finished})),
-                       compare=compare, ratios=epoch_ratios(rows, list(paper.values())) if compare else [])
+                       compare=compare, ratios=epoch_ratios(rows, list(paper.values())) if compare else [],
+                       patience=patience)
+
+
+def with_patience(record: RunRecord, patience: int) -> RunRecord:
+    """A finished run as if early stopping had used `patience` (at most the run's own): its summary's stopping
+    fields replayed from its log, its config carrying that patience, so it joins the rows trained with it."""
+    if not record.log_readable:
+        raise QagrelError(f"{record.path}: its log cannot be read, so its early stopping cannot be replayed")
+    summary = summary_under_patience(record.summary, run_folder.read_log(record.path), record.config, patience)
+    return RunRecord(record.path, replace(record.config, patience=patience), summary)
 
 
 def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:
     """Recomputed from the summary with the engine's rule, at our threshold (the stored flag uses 2x chance)."""
-    from qagrel_cli.core.trainer import converged  # imports torch: only when a table is built
-
     best = summary.get("best_val_acc")
     if best is None or not math.isfinite(best):
         return False
@@ -314,4 +331,4 @@ def _paper_match(key: RowKey) -> tuple:
 
 
 __all__ = ["Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt", "Compare", "build_table",
-           "is_converged", "epoch_ratios", "protocol_differences", "paper_table", "paper_row"]
+           "is_converged", "with_patience", "epoch_ratios", "protocol_differences", "paper_table", "paper_row"]
