@@ -94,16 +94,20 @@ def summary_under_patience(summary: dict[str, Any], log: pd.DataFrame, config: T
         raise QagrelError(f"{config.run_id} trained with patience {config.patience}; its log cannot show "
                           f"patience {patience}")
     shorter = replay(log, replace(config, patience=patience), diverged=bool(summary.get("diverged")))
-    progress = shorter.progress
-    diverged = bool(summary.get("diverged")) and progress.epoch == int(summary["stop_epoch"])
-    best_val = max(progress.best_val_acc, 0.0)
-    return {**summary, "status": "diverged" if diverged else "finished", "stop_epoch": progress.epoch,
+    diverged = bool(summary.get("diverged")) and shorter.progress.epoch == int(summary["stop_epoch"])
+    return {**summary, **stopping_summary(shorter.progress, shorter.last, diverged, int(summary["num_classes"]))}
+
+
+def stopping_summary(progress: RunProgress, last: dict[str, Any], diverged: bool, num_classes: int) -> dict[str, Any]:
+    """The summary's fields that early stopping decides, from the state after the last epoch and its log row:
+    what training writes, and what a replay under another patience rewrites."""
+    best_val = max(progress.best_val_acc, 0.0)  # -1 only before any epoch
+    return {"status": "diverged" if diverged else "finished", "stop_epoch": progress.epoch,
             "best_epoch": progress.best_epoch, "best_val_acc": best_val, "test_acc_at_best": progress.test_acc_at_best,
-            "test_acc_at_stop": float(shorter.last["test_acc"]),
-            "final_train_reward": float(shorter.last["train_reward"]), "diverged": diverged,
-            "converged": converged(best_val, int(summary["num_classes"]), diverged),
+            "test_acc_at_stop": float(last["test_acc"]), "final_train_reward": float(last["train_reward"]),
+            "converged": converged(best_val, num_classes, diverged), "diverged": diverged,
             "wall_seconds": progress.wall_seconds}
 
 
 __all__ = ["CONVERGED_RULE", "converged", "RunProgress", "note_validation", "should_stop", "Replay", "replay",
-           "summary_under_patience"]
+           "summary_under_patience", "stopping_summary"]

@@ -33,7 +33,7 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import RawData, load_dataset, make_splits
 from qagrel_cli.core.packs import LoopPack, Member, PackStrategy, VmapPack
-from qagrel_cli.core.stopping import CONVERGED_RULE, RunProgress, converged, should_stop
+from qagrel_cli.core.stopping import CONVERGED_RULE, RunProgress, should_stop, stopping_summary
 from qagrel_cli.core.trainer import Trainer, describe_device, record_epoch, resolve_device
 
 RUNS_ROOT = Path("results") / "runs"  # where a run's folder goes by default: RUNS_ROOT / <run id>
@@ -268,24 +268,13 @@ def _log_frame(rows: list[dict[str, Any]], config: TrainConfig, hidden_units: st
 
 def _summary(config: TrainConfig, trainer: Trainer, progress: RunProgress, diverged: bool,
              device: torch.device) -> dict[str, Any]:
-    last = progress.rows[-1]
     num_classes = trainer.splits.num_classes
-    best_val = max(progress.best_val_acc, 0.0)
     return {
         "run_id": config.run_id,
-        "status": "diverged" if diverged else "finished",
-        "stop_epoch": progress.epoch,
-        "best_epoch": progress.best_epoch,
-        "best_val_acc": best_val,
-        "test_acc_at_best": progress.test_acc_at_best,
-        "test_acc_at_stop": last["test_acc"],
-        "final_train_reward": last["train_reward"],
+        **stopping_summary(progress, progress.rows[-1], diverged, num_classes),
+        "converged_rule": CONVERGED_RULE,
         "hidden_units": trainer.hidden_units,
         "num_classes": num_classes,
-        "converged": converged(best_val, num_classes, diverged),
-        "converged_rule": CONVERGED_RULE,
-        "diverged": diverged,
-        "wall_seconds": progress.wall_seconds,
         "device": describe_device(device),
         "torch_version": torch.__version__,
         "qagrel_version": qagrel_cli.__version__,
