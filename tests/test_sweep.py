@@ -244,6 +244,16 @@ def test_dry_run_lists_every_run_and_writes_nothing(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_dry_run_shows_a_dash_for_a_setting_the_runs_rule_does_not_read(tmp_path):
+    path = sweep_file(tmp_path, "grid: {dataset: mnist}\nseeds: 1\ninclude:\n  - {rule: bp, optimizer: adam}\n")
+    result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--results", str(tmp_path / "results")],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    cells = {line.split("│")[2].strip().split("-")[3]: line.split("│")[3].strip()
+             for line in result.stdout.splitlines() if "-s0-" in line}
+    assert cells == {"qagrel": "–", "bp": "adam"}
+
+
 # ------------------------------------------------------------ state, locks
 
 def test_run_state_follows_the_files_in_the_run_folder(tmp_path):

@@ -49,8 +49,13 @@ class RowKey:
         not read, such as Q-AGREL's optimizer)."""
         return [DATASET_NAMES.get(self.dataset, self.dataset), RULE_NAMES.get(self.rule, self.rule),
                 ARCH_NAMES.get(self.arch, self.arch), self.hidden_units, format_alpha(self.lr),
-                *[format_setting(v) if RULE_OF_SETTING.get(name, self.rule) == self.rule else "–"
-                  for name, v in self.extras]]
+                *[setting_cell(name, v, self.rule) for name, v in self.extras]]
+
+
+def setting_cell(name: str, value: Any, rule: str) -> str:
+    """One setting of a run of `rule` for a table cell: '–' where the rule does not read it (Q-AGREL's
+    optimizer, Error-BP's epsilon), so a default no run uses never looks like a choice."""
+    return format_setting(value) if RULE_OF_SETTING.get(name, rule) == rule else "–"
 
 
 def setting_order(name: str, value: Any) -> tuple[int, str]:
@@ -128,4 +133,4 @@ def row_key(record: RunRecord, fields: list[str]) -> RowKey:
 
 
 __all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "settings",
-           "format_setting", "format_alpha", "format_duration"]
+           "setting_cell", "format_setting", "format_alpha", "format_duration"]

@@ -19,7 +19,7 @@ from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError, TrainConfig
 from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE, DamagedFile, read_log
 from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.console import fit
-from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields
+from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields, setting_cell
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
@@ -48,7 +48,7 @@ def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
     for column in [*varying, "lr", "state"]:
         table.add_column(column.replace("_", " "))  # input scaling: a header that can wrap at its space
     for i, (config, setting, state) in enumerate(zip(sweep.configs, settings, states), 1):
-        table.add_row(str(i), config.run_id, *[format_setting(setting[f]) for f in varying],
+        table.add_row(str(i), config.run_id, *[setting_cell(f, setting[f], config.rule.value) for f in varying],
                       format_setting(setting["lr"]), state.value)
     console.print(fit(table, console))
 
