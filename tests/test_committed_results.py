@@ -26,7 +26,7 @@ from qagrel_cli.sweeps.results import RunRecord
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
-COMPLETE_STUDIES = ["bp-step", "feedback", "protocol", "smoke"]
+COMPLETE_STUDIES = ["bp-step", "feedback", "patience", "protocol", "smoke"]
 runner = CliRunner()
 
 
