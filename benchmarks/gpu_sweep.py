@@ -47,7 +47,7 @@ from typing import Any, NoReturn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's qagrel_cli, installed or not
 
-from benchmarks.gpu_check import MNIST_FILES, CheckError, mnist_files, read_bytes  # noqa: E402  (after the path)
+from benchmarks.gpu_check import CheckError, mnist_files, read_bytes  # noqa: E402  (after the path)
 from qagrel_cli.core import run_folder  # noqa: E402
 from qagrel_cli.core.config import QagrelError  # noqa: E402
 from qagrel_cli.sweeps.ledger import RunStatus, run_status  # noqa: E402

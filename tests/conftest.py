@@ -19,26 +19,36 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from qagrel_cli.core import training as engine
-from qagrel_cli.core.data import load_dataset
+from qagrel_cli.core.data import MNIST_FILES, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_FIXTURE = REPO / "tests" / "fixtures" / "mnist-small"
 MNIST_FIXTURE_SIZES = (2000, 500)  # training, test images in the committed subset
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte")
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script outside the package (benchmarks/, docs/) as a module named after its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def holds_mnist(data_dir: Path) -> bool:
     """True when `data_dir/MNIST/raw/` has all four IDX files, plain or gzipped (what qagrel reads)."""
     raw = data_dir / "MNIST" / "raw"
-    return all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in _IDX_FILES)
+    return all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in MNIST_FILES)
 
 
 def find_mnist() -> Path:

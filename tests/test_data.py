@@ -15,10 +15,9 @@ import torch
 
 from qagrel_cli.core import data
 from qagrel_cli.core.config import Dataset, QagrelError
-from qagrel_cli.core.data import RawData, default_data_dir, load_dataset, make_splits
+from qagrel_cli.core.data import MNIST_FILES, RawData, default_data_dir, load_dataset, make_splits
 
 from conftest import FULL_MNIST, MNIST_FIXTURE_SIZES
-IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # ----------------------------------------------------------------- helpers
@@ -44,7 +43,7 @@ def _write_idx_folder(folder: Path, n_train: int, n_test: int, gz: bool = False)
     rng = np.random.default_rng(0)
     arrays = (rng.integers(0, 256, (n_train, 28, 28)), np.arange(n_train) % 10,
               rng.integers(0, 256, (n_test, 28, 28)), np.arange(n_test) % 10)
-    for name, array in zip(IDX_NAMES, arrays):
+    for name, array in zip(MNIST_FILES, arrays):
         payload = _idx_bytes(array)
         if gz:
             (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
@@ -138,7 +137,7 @@ def test_mnist_loads_gzipped_raw_files(tmp_path, no_network):
 
 
 def test_fashion_mnist_loads_debian_package_when_raw_folder_missing(tmp_path, no_network):
-    if not all((data.DEBIAN_FASHION_MNIST_DIR / f"{n}.gz").is_file() for n in IDX_NAMES):
+    if not all((data.DEBIAN_FASHION_MNIST_DIR / f"{n}.gz").is_file() for n in MNIST_FILES):
         pytest.skip(f"Debian package dataset-fashion-mnist not installed ({data.DEBIAN_FASHION_MNIST_DIR})")
     raw = load_dataset(Dataset.fashion_mnist, tmp_path, download=False)
     assert raw.train_x.shape == (60000, 1, 28, 28) and raw.test_x.shape == (10000, 1, 28, 28)
@@ -249,7 +248,7 @@ def test_missing_mnist_offline_raises_one_line_error_naming_folder_and_files(tmp
     message = str(err.value)
     assert "\n" not in message
     assert str(tmp_path / "MNIST" / "raw") in message
-    assert all(name in message for name in IDX_NAMES)
+    assert all(name in message for name in MNIST_FILES)
     assert "--download" in message and "QAGREL_DATA" in message
 
 

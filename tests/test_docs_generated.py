@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO as ROOT, load_script
 
-
-def load_regenerate():
-    spec = importlib.util.spec_from_file_location("regenerate", ROOT / "docs" / "regenerate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["regenerate"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-regenerate = load_regenerate()
+regenerate = load_script(ROOT / "docs" / "regenerate.py")
 COMMAND = "qagrel table results/bp-step --format markdown"
 
 

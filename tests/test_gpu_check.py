@@ -8,7 +8,6 @@ and the tests read what it wrote. The rest drive the script's pieces directly.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,23 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 STEPS = ["environment", "cuda_tests", "train_qagrel", "train_bp", "compare_cpu", "bench_step", "bench_pack"]
 CUDA_STEPS = ["cuda_tests", "train_qagrel", "train_bp", "bench_step", "bench_pack"]
 
 
-def load_gpu_check():
-    """The script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = load_gpu_check()
+gpu_check = load_script(SCRIPT)
 
 
 def run_script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -6,19 +6,18 @@ there is, so these tests run it on the CPU with tiny networks.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
-import sys
 import tarfile
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from conftest import MNIST_FIXTURE, REPO, assert_one_line_error
+from conftest import MNIST_FIXTURE, REPO, assert_one_line_error, load_script
 from qagrel_cli.core import run_folder
+from qagrel_cli.core.data import MNIST_FILES
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 
 SCRIPT = REPO / "benchmarks" / "gpu_sweep.py"
@@ -27,15 +26,7 @@ TINY = {"name": "tiny", "grid": {"dataset": "mnist", "arch": "fc", "fc": "16", "
                                  "max_epochs": 1, "device": "cpu"}, "seeds": 2}
 
 
-def load_gpu_sweep():
-    spec = importlib.util.spec_from_file_location("gpu_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_sweep"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_sweep = load_gpu_sweep()
+gpu_sweep = load_script(SCRIPT)
 
 
 def script_result(exit_info, capsys) -> SimpleNamespace:
@@ -147,7 +138,7 @@ def test_prepare_copies_gzipped_mnist_and_cifar10s_image_archive_with_its_builde
     dest = tmp_path / "gpu-sweep-data"
     gpu_sweep.prepare(source, dest)
     assert sorted(p.name for p in (dest / "MNIST" / "raw").iterdir()) == sorted(
-        f"{name}.gz" for name in gpu_sweep.MNIST_FILES)
+        f"{name}.gz" for name in MNIST_FILES)
     assert (dest / gpu_sweep.CIFAR_IMAGES).read_bytes() == b"images"
     # The builder finds the archive where it looks for it: <its folder>/../data/.
     assert (dest / gpu_sweep.CIFAR_BUILDER).parent.parent / "data" / "cifar10-images.tar.gz" == \

@@ -26,7 +26,7 @@ from qagrel_cli.cli import app
 from qagrel_cli.core import run_folder
 from qagrel_cli.core import training as engine
 from qagrel_cli.core.config import TrainConfig
-from qagrel_cli.core.data import load_dataset
+from qagrel_cli.core.data import MNIST_FILES, load_dataset
 from qagrel_cli.reports.status import print_plan, print_status
 from qagrel_cli.reports.summary import print_summary
 from qagrel_cli.reports.table import build_table
@@ -453,8 +453,7 @@ def fake_mnist(folder: Path) -> Path:
     """A folder that holds MNIST as far as conftest looks (the four file names)."""
     raw = folder / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in MNIST_FILES:
         (raw / f"{name}.gz").touch()
     return folder
 

@@ -35,8 +35,8 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # torchvision's folder names: <root>/<name>/raw for the MNIST family,
 # <root>/<folder> for CIFAR.
 _MNIST_CLASS = {Dataset.mnist: "MNIST", Dataset.fashion_mnist: "FashionMNIST"}
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 _CIFAR_FOLDER = {Dataset.cifar10: "cifar-10-batches-py", Dataset.cifar100: "cifar-100-python"}
 _CIFAR_TRAIN = {Dataset.cifar10: tuple(f"data_batch_{i}" for i in range(1, 6)), Dataset.cifar100: ("train",)}
@@ -199,7 +199,7 @@ def _load_mnist_family(dataset: Dataset, data_dir: Path, download: bool) -> RawD
         _download(dataset, data_dir, raw_dir)
         files = _find_idx_files(dataset, raw_dir)
     if files is None:
-        raise QagrelError(_missing_message(dataset, raw_dir, _MNIST_FILES, or_gz=True))
+        raise QagrelError(_missing_message(dataset, raw_dir, MNIST_FILES, or_gz=True))
 
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
@@ -229,7 +229,7 @@ def _find_idx_files(dataset: Dataset, raw_dir: Path) -> list[Path] | None:
         folders.append(DEBIAN_FASHION_MNIST_DIR)
     for folder in folders:
         found = []
-        for name in _MNIST_FILES:
+        for name in MNIST_FILES:
             plain, gz = folder / name, folder / f"{name}.gz"
             found.append(plain if plain.is_file() else gz if gz.is_file() else None)
         if all(found):
@@ -384,4 +384,5 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-__all__ = ["RawData", "Splits", "PixelScaling", "input_shape", "num_classes", "default_data_dir", "load_dataset", "make_splits", "DEBIAN_FASHION_MNIST_DIR"]
+__all__ = ["RawData", "Splits", "PixelScaling", "input_shape", "num_classes", "default_data_dir", "load_dataset", "make_splits", "DEBIAN_FASHION_MNIST_DIR",
+           "MNIST_FILES"]
