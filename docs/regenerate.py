@@ -6,7 +6,16 @@ A block in README.md, docs/*.md or results/*.md reads
     ...the command's standard output...
     <!-- end generated -->
 
-so a table in the docs is never typed, only regenerated from the committed results. Usage:
+so a table in the docs is never typed, only regenerated from the committed results. A figure block,
+
+    <!-- generated: qagrel plot results/feedback --metric val -->
+    ![qagrel plot results/feedback --metric val](../results/feedback/_figures/feedback_figure3_val.png)
+    <!-- end generated -->
+
+names a `qagrel plot` of a folder of runs (the folder first, no --out): the figure and its CSV are
+rewritten where the command writes them (`_figures/` in that folder) and the block holds the image
+link. A figure is stale when its CSV (the numbers drawn) differs from the command's, or it is
+missing; the image itself is not compared, since its pixels depend on matplotlib's version. Usage:
 
     python docs/regenerate.py            # rewrite every block whose output has changed
     python docs/regenerate.py --check    # change nothing; exit 1 naming each stale block
@@ -20,16 +29,25 @@ import argparse
 import os
 import re
 import shlex
-import subprocess
+import shutil
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from typer.testing import CliRunner  # noqa: E402
+
+from qagrel_cli.cli import app  # noqa: E402  (the package of this checkout)
+from qagrel_cli.core.run_folder import is_run_dir  # noqa: E402
+from qagrel_cli.reports.plot import FIGURES_FOLDER  # noqa: E402
+
 BEGIN = re.compile(r"^<!-- generated: (.+) -->\n", re.MULTILINE)
 END = "<!-- end generated -->\n"
 # Reports that are a function of committed run folders alone: no file written, no clock, no terminal width.
 COMMANDS = ("table", "milestones")
+FIGURE_COMMAND = "plot"  # writes its figure into the folder plotted; the block holds the image link
 
 
 class DocsError(Exception):
@@ -63,41 +81,99 @@ def blocks(text: str, name: str) -> list[Block]:
     return found
 
 
-def run_command(command: str, root: Path, where: str) -> str:
-    """The standard output of one `qagrel table|milestones ...` command, run in `root`."""
+@dataclass
+class Output:
+    """What a block's command produced: the block's new text, and for a figure the files written (in a
+    temporary folder) with where they belong and whether the committed copy is stale."""
+
+    text: str
+    files: dict[Path, Path] = field(default_factory=dict)  # fresh file -> its place in the checkout
+    stale_files: bool = False
+
+
+def _qagrel(words: list[str], root: Path, command: str, where: str) -> str:
+    """Run `qagrel WORDS...` in `root`, in this process (torch is imported once, not once per block);
+    its standard output."""
+    here = Path.cwd()
+    os.chdir(root)  # the commands name folders relative to the checkout
+    try:
+        done = CliRunner().invoke(app, words)
+    finally:
+        os.chdir(here)
+    if done.exit_code != 0:
+        reason = (done.output.strip().splitlines() or [repr(done.exception)])[-1]
+        raise DocsError(f"{where}: '{command}' failed (exit {done.exit_code}): {reason}")
+    return done.stdout
+
+
+def run_command(command: str, root: Path, where: str, doc_dir: Path, scratch: Path) -> Output:
+    """The output of one block's command, run in `root`: a report's standard output, or a figure written
+    into `scratch` with the image link (relative to `doc_dir`, the folder of the doc) as the block's text."""
     words = shlex.split(command)
-    if len(words) < 2 or words[0] != "qagrel" or words[1] not in COMMANDS:
-        raise DocsError(f"{where}: '{command}' is not a qagrel {' or '.join(COMMANDS)} command")
+    if len(words) < 2 or words[0] != "qagrel" or words[1] not in (*COMMANDS, FIGURE_COMMAND):
+        raise DocsError(f"{where}: '{command}' is not a qagrel {', '.join(COMMANDS)} or {FIGURE_COMMAND} command")
     if "--out" in words:
-        raise DocsError(f"{where}: '{command}' writes a file (--out); a block holds what it prints")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "qagrel_cli", *words[1:]], cwd=root, env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise DocsError(f"{where}: '{command}' failed (exit {done.returncode}): {reason}")
-    return done.stdout.rstrip("\n") + "\n\n"  # a blank line ends a table or list before the end marker
+        raise DocsError(f"{where}: '{command}' names --out; a block's command writes only where it writes "
+                        "by default")
+    if words[1] != FIGURE_COMMAND:
+        # A blank line ends a table or list before the end marker.
+        return Output(_qagrel(words[1:], root, command, where).rstrip("\n") + "\n\n")
+    plotted = root / words[2] if len(words) > 2 and not words[2].startswith("-") else None
+    if plotted is None or not plotted.is_dir() or is_run_dir(plotted):
+        raise DocsError(f"{where}: '{command}' must name a folder of runs right after 'plot'")
+    fresh = Path(tempfile.mkdtemp(dir=scratch))
+    _qagrel([*words[1:], "--out", str(fresh)], root, command, where)
+    output = Output("")
+    for made in sorted(fresh.iterdir()):
+        target = plotted / FIGURES_FOLDER / made.name
+        output.files[made] = target
+        if made.suffix == ".csv":
+            output.stale_files |= not target.exists() or target.read_bytes() != made.read_bytes()
+        else:
+            output.stale_files |= not target.exists()
+            link = Path(os.path.relpath(target, doc_dir)).as_posix()
+            output.text += f"![{command}]({link})\n"
+    output.text += "\n"
+    return output
+
+
+def _replace_file(source: Path, target: Path) -> None:
+    """Copy `source` over `target` through a temporary file beside it, so a reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
 
 
 def regenerate(doc: Path, root: Path = ROOT, check: bool = False) -> list[str]:
     """Bring every block of `doc` up to date (or, with `check`, only compare); returns the stale ones.
 
-    The file is rewritten whole, through a temporary file, and only when a block changed and not `check`:
-    a command that fails leaves it as it was.
+    The file is rewritten whole, through a temporary file, and only when a block changed and not `check`;
+    stale figures are copied into place only after every block's command has succeeded: a command that
+    fails leaves the file and the figures as they were.
     """
     text = doc.read_text(encoding="utf-8")
     name = str(doc.relative_to(root)) if doc.is_relative_to(root) else str(doc)
     stale, pieces, done = [], [], 0
-    for block in blocks(text, name):
-        where = f"{name}:{block.line}"
-        output = run_command(block.command, root, where)
-        if text[block.start:block.end] != output:
-            stale.append(f"{where}: {block.command}")
-        pieces += [text[done:block.start], output]
-        done = block.end
-    if stale and not check:
+    figures: dict[Path, Path] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for block in blocks(text, name):
+            where = f"{name}:{block.line}"
+            output = run_command(block.command, root, where, doc.parent, Path(scratch))
+            if text[block.start:block.end] != output.text or output.stale_files:
+                stale.append(f"{where}: {block.command}")
+            if output.stale_files:
+                figures.update(output.files)
+            pieces += [text[done:block.start], output.text]
+            done = block.end
+        if check:
+            return stale
+        for source, target in figures.items():
+            _replace_file(source, target)
+    new_text = "".join(pieces) + text[done:]
+    if new_text != text:
         tmp = doc.with_name(doc.name + ".tmp")
-        tmp.write_text("".join(pieces) + text[done:], encoding="utf-8")
+        tmp.write_text(new_text, encoding="utf-8")
         tmp.replace(doc)
     return stale
 

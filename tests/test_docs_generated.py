@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from conftest import REPO as ROOT, load_script
@@ -60,3 +62,65 @@ def test_a_failing_command_leaves_the_whole_file_as_it_was(tmp_path):
         regenerate.regenerate(doc, ROOT)
     assert doc.read_text() == original
     assert not list(tmp_path.glob("*.tmp"))
+
+
+FIGURE = "qagrel plot results/smoke --metric val"
+
+
+@pytest.fixture
+def smoke_checkout(tmp_path):
+    """A checkout holding only the committed smoke study and a doc page with a figure block."""
+    shutil.copytree(ROOT / "results" / "smoke", tmp_path / "results" / "smoke")
+    doc = tmp_path / "docs" / "page.md"
+    doc.parent.mkdir()
+    doc.write_text("Curves:\n\n" + block(FIGURE, ""))
+    return tmp_path
+
+
+def test_a_figure_block_writes_the_figure_where_the_command_would_and_links_it_from_the_doc(smoke_checkout):
+    doc = smoke_checkout / "docs" / "page.md"
+    assert regenerate.regenerate(doc, smoke_checkout) == ["docs/page.md:3: " + FIGURE]
+    figures = smoke_checkout / "results" / "smoke" / "_figures"
+    assert sorted(p.name for p in figures.iterdir()) == ["smoke_figure3_val.csv", "smoke_figure3_val.png"]
+    assert block(FIGURE, f"![{FIGURE}](../results/smoke/_figures/smoke_figure3_val.png)\n\n") in doc.read_text()
+    assert regenerate.regenerate(doc, smoke_checkout) == []  # now up to date
+
+
+def test_a_figure_whose_numbers_changed_is_stale_and_check_leaves_it_as_it_was(smoke_checkout):
+    doc = smoke_checkout / "docs" / "page.md"
+    regenerate.regenerate(doc, smoke_checkout)
+    csv = smoke_checkout / "results" / "smoke" / "_figures" / "smoke_figure3_val.csv"
+    csv.write_text(csv.read_text().replace("0.", "0.1", 1))
+    before = csv.read_text()
+    assert regenerate.regenerate(doc, smoke_checkout, check=True) == ["docs/page.md:3: " + FIGURE]
+    assert csv.read_text() == before
+    assert regenerate.regenerate(doc, smoke_checkout) == ["docs/page.md:3: " + FIGURE]
+    assert csv.read_text() != before
+
+
+def test_a_figure_is_not_stale_for_its_pixels_alone_only_for_its_numbers_or_a_missing_image(smoke_checkout):
+    doc = smoke_checkout / "docs" / "page.md"
+    regenerate.regenerate(doc, smoke_checkout)
+    png = smoke_checkout / "results" / "smoke" / "_figures" / "smoke_figure3_val.png"
+    png.write_bytes(b"drawn by another matplotlib")
+    assert regenerate.regenerate(doc, smoke_checkout, check=True) == []
+    png.unlink()
+    assert regenerate.regenerate(doc, smoke_checkout, check=True) == ["docs/page.md:3: " + FIGURE]
+
+
+@pytest.mark.parametrize("command", [f"{FIGURE} --out elsewhere", "qagrel plot --metric val results/smoke",
+                                     "qagrel plot results/smoke/mnist-conv-500-bp-s0-60e9c65a"])
+def test_a_figure_block_must_plot_a_folder_of_runs_named_first_without_out(smoke_checkout, command):
+    doc = smoke_checkout / "docs" / "page.md"
+    doc.write_text(block(command))
+    with pytest.raises(regenerate.DocsError, match=r"page\.md:1: "):
+        regenerate.regenerate(doc, smoke_checkout)
+    assert not (smoke_checkout / "results" / "smoke" / "_figures").exists()
+
+
+def test_a_failing_command_after_a_figure_block_leaves_the_figures_unwritten(smoke_checkout):
+    doc = smoke_checkout / "docs" / "page.md"
+    doc.write_text(block(FIGURE) + block("qagrel table results/no-such-study --format markdown"))
+    with pytest.raises(regenerate.DocsError, match=r"failed \(exit \d+\)"):
+        regenerate.regenerate(doc, smoke_checkout)
+    assert not (smoke_checkout / "results" / "smoke" / "_figures").exists()
