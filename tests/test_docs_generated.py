@@ -1,4 +1,4 @@
-"""docs/regenerate.py: every table the docs show from committed results is that command's output, to the letter."""
+"""docs/regenerate.py: every table and figure the docs show from committed results is that command's output."""
 
 from __future__ import annotations
 
