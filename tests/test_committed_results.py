@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -27,6 +28,8 @@ from qagrel_cli.sweeps.sweep_file import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLETE_STUDIES = ["bp-step", "feedback", "patience", "protocol", "smoke"]
+IN_PROGRESS = "table1-cpu"  # the study whose progress README and reproduction.md count in words
+PROGRESS_WORDS = re.compile(r"(\d+) of (\d+) runs are (?:in|finished)")
 runner = CliRunner()
 
 
@@ -72,6 +75,14 @@ def test_table_of_the_committed_study_renders_every_row_of_its_sweep_with_all_it
         matching = [row for row in rows if _matches(row, config, settings)]
         assert len(matching) == 1, f"{config.run_id}: {len(matching)} table rows"
         assert int(matching[0]["seeds"]) == seeds
+
+
+def test_the_docs_count_the_runs_of_the_study_in_progress_that_are_committed():
+    sweep = load_sweep(REPO / "sweeps" / f"{IN_PROGRESS}.yaml")
+    done = sum(run_status(sweep.run_dir(REPO / "results", c)) == RunStatus.done for c in sweep.configs)
+    for doc in (REPO / "README.md", REPO / "docs" / "reproduction.md"):
+        for counted, total in PROGRESS_WORDS.findall(doc.read_text(encoding="utf-8")):
+            assert (int(counted), int(total)) == (done, len(sweep.configs)), f"{doc.name}: {counted} of {total}"
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
