@@ -45,8 +45,9 @@ from qagrel_cli.reports.plot import FIGURES_FOLDER  # noqa: E402
 
 BEGIN = re.compile(r"^<!-- generated: (.+) -->\n", re.MULTILINE)
 END = "<!-- end generated -->\n"
-# Reports that are a function of committed run folders alone: no file written, no clock, no terminal width.
-COMMANDS = ("table", "milestones")
+# Reports that are a function of committed run folders alone: no file written, no clock, and in markdown
+# no terminal width.
+COMMANDS = ("table", "milestones", "status")
 FIGURE_COMMAND = "plot"  # writes its figure into the folder plotted; the block holds the image link
 
 
@@ -111,11 +112,15 @@ def run_command(command: str, root: Path, where: str, doc_dir: Path, scratch: Pa
     into `scratch` with the image link (relative to `doc_dir`, the folder of the doc) as the block's text."""
     words = shlex.split(command)
     if len(words) < 2 or words[0] != "qagrel" or words[1] not in (*COMMANDS, FIGURE_COMMAND):
-        raise DocsError(f"{where}: '{command}' is not a qagrel {', '.join(COMMANDS)} or {FIGURE_COMMAND} command")
+        raise DocsError(f"{where}: '{command}' is not a qagrel {', '.join(COMMANDS)} or {FIGURE_COMMAND} "
+                        "command")
     if "--out" in words:
         raise DocsError(f"{where}: '{command}' names --out; a block's command writes only where it writes "
                         "by default")
     if words[1] != FIGURE_COMMAND:
+        if "--format markdown" not in " ".join(words):
+            raise DocsError(f"{where}: '{command}' needs --format markdown (a terminal table's width is the "
+                            "terminal's)")
         # A blank line ends a table or list before the end marker.
         return Output(_qagrel(words[1:], root, command, where).rstrip("\n") + "\n\n")
     plotted = root / words[2] if len(words) > 2 and not words[2].startswith("-") else None

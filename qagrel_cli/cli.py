@@ -20,6 +20,7 @@ from qagrel_cli.core.config import (Arch, Dataset, Feedback, Init, InputScaling,
 from qagrel_cli.reports.console import report_console
 from qagrel_cli.reports.milestones import MilestoneFormat
 from qagrel_cli.reports.plot import AfterStop, Metric, PlotFormat
+from qagrel_cli.reports.status import StatusFormat
 from qagrel_cli.reports.table import AccuracyAt, Compare, EpochsAt
 from qagrel_cli.reports.table_formats import TableFormat
 
@@ -310,14 +311,20 @@ def status(
     times: Annotated[bool, typer.Option("--times", help="Add the done runs' measured training time per epoch, "
                                         "per run and in all (to set beside `qagrel sweep --dry-run --estimate`).")
                      ] = False,
+    fmt: Annotated[StatusFormat, typer.Option("--format", help="rich (terminal) or markdown (for a report or "
+                                              "a lab notebook).")] = StatusFormat.rich,
 ) -> None:
     """Count done / running / failed / pending runs per Table 1 row."""
-    from qagrel_cli.reports.status import print_status
+    from qagrel_cli.reports.status import print_status, status_markdown, status_report
 
     try:
-        print_status(directory, report_console(), times=times)
+        report = status_report(directory, times=times)
     except QagrelError as err:
         raise fail(str(err)) from None
+    if fmt == StatusFormat.markdown:
+        write_report(status_markdown(report), None)
+    else:
+        print_status(report, report_console())
 
 
 def write_report(text: str, out: Path | None) -> None:

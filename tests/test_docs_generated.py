@@ -45,13 +45,21 @@ def test_a_block_without_its_end_marker_is_an_error_naming_its_line(tmp_path):
         regenerate.regenerate(doc, ROOT)
 
 
-@pytest.mark.parametrize("command", ["qagrel sweep sweeps/smoke.yaml", "ls results", f"{COMMAND} --out t.md"])
-def test_a_command_that_is_not_a_pure_report_is_refused(tmp_path, command):
+@pytest.mark.parametrize("command", ["qagrel sweep sweeps/smoke.yaml", "ls results", f"{COMMAND} --out t.md",
+                                     "qagrel table results/bp-step", "qagrel status results/bp-step --format rich"])
+def test_a_command_that_is_not_a_pure_report_in_markdown_is_refused(tmp_path, command):
     doc = tmp_path / "page.md"
     doc.write_text(block(command))
     with pytest.raises(regenerate.DocsError, match=r"page\.md:1: "):
         regenerate.regenerate(doc, ROOT)
     assert doc.read_text() == block(command)
+
+
+def test_a_status_block_holds_the_status_in_markdown(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text(block("qagrel status results/bp-step --times --format markdown"))
+    regenerate.regenerate(doc, ROOT)
+    assert "Status: `results/bp-step: 2 runs`" in doc.read_text() and "| **total** |" in doc.read_text()
 
 
 def test_a_failing_command_leaves_the_whole_file_as_it_was(tmp_path):

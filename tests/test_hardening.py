@@ -27,7 +27,7 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core import training as engine
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import MNIST_FILES, load_dataset
-from qagrel_cli.reports.status import print_plan, print_status
+from qagrel_cli.reports.status import print_plan, print_status, status_report
 from qagrel_cli.reports.summary import print_summary
 from qagrel_cli.reports.table import build_table
 from qagrel_cli.reports.table_formats import rich_view
@@ -403,7 +403,7 @@ def terminal(width: int = 80) -> Console:
 
 def test_status_on_an_80_column_terminal_keeps_every_name_whole(results):
     console = terminal()
-    print_status(results, console)
+    print_status(status_report(results), console)
     text = console.file.getvalue()
     assert_names_whole(text)
     assert max(len(line) for line in text.splitlines()) <= 80

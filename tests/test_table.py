@@ -390,6 +390,34 @@ def test_cli_status_shows_no_times_unless_asked(tmp_path):
     assert header.split("┃")[-2].strip() == "total"
 
 
+def test_cli_status_as_markdown_gives_each_row_its_counts_and_times_and_the_total_in_bold(tmp_path):
+    for seed, (seconds, epochs) in enumerate([(600.0, 10), (1200.0, 30)]):
+        run_dir = fabricate(tmp_path, seed=seed, stop_epoch=epochs)
+        runs.write_summary(run_dir, {**runs.read_summary(run_dir), "wall_seconds": seconds,
+                                     "device": "cpu (AMD EPYC, AVX2, 1 thread)"})
+    fabricate(tmp_path, seed=2, finished=False)
+    result = runner.invoke(app, ["status", str(tmp_path), "--times", "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("| MNIST | Q-AGREL |"))
+    # done, running, failed, damaged, pending, total, then the two done runs' 1800 s over 40 epochs
+    assert row.split(" | ")[-9:] == ["2", "0", "0", "0", "1", "3", "45.0 s", "15.0 min", "30.0 min |"]
+    assert next(line for line in lines if line.startswith("| **total** |")).endswith(
+        "| **2** | **0** | **0** | **0** | **1** | **3** | **45.0 s** | **15.0 min** | **30.0 min** |")
+    assert "- times measured on cpu (AMD EPYC, AVX2, 1 thread): 2 runs." in lines
+
+
+def test_cli_status_as_markdown_lists_the_runs_in_progress_and_the_failures(tmp_path):
+    fabricate_partial(tmp_path, [0.5, 0.7, 0.9, 0.8, 0.9, 0.6], [60.0] * 6, patience=20)
+    failed = fabricate(tmp_path, seed=1, finished=False)
+    runs.atomic_write_text(failed / runs.ERROR_FILE, "Traceback ...\nRuntimeError: out of memory\n")
+    result = runner.invoke(app, ["status", str(tmp_path), "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert "| partial | 6 | 90.00% (epoch 3) | 3/20 | 60.0 s | 17 epochs (17.0 min) |" in result.stdout
+    assert f"- failed {failed}: RuntimeError: out of memory" in result.stdout.splitlines()
+    assert "│" not in result.stdout  # no terminal box drawing in markdown
+
+
 def fabricate_partial(root: Path, val_acc: list[float], epoch_seconds: list[float], **config) -> Path:
     """An unfinished run whose log holds one row per epoch with these validation accuracies and times."""
     run_dir = fabricate(root, seed=0, finished=False, **config)

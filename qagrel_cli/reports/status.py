@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from rich.console import Console
@@ -20,6 +21,7 @@ from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE, DamagedFile, read_l
 from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields, setting_cell
+from qagrel_cli.reports.table_formats import markdown_table
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
@@ -53,7 +55,34 @@ def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
     console.print(fit(table, console))
 
 
-def print_status(root: Path, console: Console, *, times: bool = False) -> None:
+class StatusFormat(str, Enum):
+    rich = "rich"
+    markdown = "markdown"
+
+
+@dataclass
+class StatusReport:
+    """What `qagrel status` shows, before it is drawn: the count table (one line per Table 1 row, then the
+    total), the devices the times were measured on, the runs in progress, and what went wrong."""
+
+    title: str
+    caption: str
+    headers: list[str]
+    named_by: int  # the first `named_by` columns name the row; the rest are numbers
+    rows: list[list[str]]
+    total: list[str]
+    timed_on: list[tuple[str, int]]  # (device, done runs timed on it), most runs first
+    in_progress: list[tuple[Path, RunStatus, InProgress | None]]
+    warnings: list[str]
+    failures: list[tuple[Path, str]]  # (run folder, last line of its error file)
+
+    @property
+    def timed_on_line(self) -> str:
+        return "times measured on " + "; ".join(f"{device}: {n} run{'' if n == 1 else 's'}"
+                                                for device, n in self.timed_on)
+
+
+def status_report(root: Path, *, times: bool = False) -> StatusReport:
     """Per Table 1 row: done / running / failed / pending (partial included) counts, with `times` the done
     runs' measured training time (per epoch, per run, in all), then totals."""
     results = read_results(root)
@@ -72,7 +101,7 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
         if state in (RunStatus.running, RunStatus.partial):
             try:
                 in_progress.append((record.path, state, in_progress_from_log(record.path, record.config)))
-            except DamagedFile:  # the warnings below name the file
+            except DamagedFile:  # the warnings name the file
                 pass
         key = row_key(record, fields)
         rows.setdefault(key, Counter())[state] += 1
@@ -86,12 +115,6 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
             failures.append((record.path, lines[-1]))
     totals[RunStatus.damaged] += len({d.file.parent for d in results.damaged
                                       if d.file.name != LOG_FILE and d.file.name != SWEEP_FILE})
-    table = Table(title=f"{root}: {len(records)} runs",
-                  caption=f"pending includes {totals[RunStatus.partial]} partial run(s), resumed by the next sweep")
-    for header in ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in fields[5:]]]:
-        table.add_column(header, no_wrap=True)  # names: shortened (…) only when nothing else can give way
-    for header in [*_COUNT_HEADERS, *(_TIME_HEADERS if times else [])]:
-        table.add_column(header, justify="right")
 
     def numbers(c: Counter, spent: list[tuple[float, int]]) -> list[str]:
         seconds, epochs = sum(s for s, _ in spent), sum(e for _, e in spent)
@@ -102,21 +125,62 @@ def print_status(root: Path, console: Console, *, times: bool = False) -> None:
         return counts + ([format_duration(seconds / epochs) if epochs else "–", format_duration(seconds / len(spent)),
                           format_duration(seconds)] if spent else ["–"] * 3)
 
-    for key in sorted(rows, key=lambda k: k.sort_key):
-        table.add_row(*key.cells(), *numbers(rows[key], spent_by_row.get(key, [])))
-    table.add_section()
+    named = ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in fields[5:]]]
     every_done_run = [spent for row_spent in spent_by_row.values() for spent in row_spent]
-    table.add_row("total", *[""] * (len(fields) - 1), *numbers(totals, every_done_run))
+    return StatusReport(
+        title=f"{root}: {len(records)} runs",
+        caption=f"pending includes {totals[RunStatus.partial]} partial run(s), resumed by the next sweep",
+        headers=[*named, *_COUNT_HEADERS, *(_TIME_HEADERS if times else [])], named_by=len(named),
+        rows=[[*key.cells(), *numbers(rows[key], spent_by_row.get(key, []))]
+              for key in sorted(rows, key=lambda k: k.sort_key)],
+        total=["total", *[""] * (len(named) - 1), *numbers(totals, every_done_run)],
+        timed_on=timed_on.most_common() if times else [], in_progress=sorted(in_progress, key=lambda r: r[0].name),
+        warnings=results.warnings(), failures=failures)
+
+
+def print_status(report: StatusReport, console: Console) -> None:
+    """The report for a terminal: tables fitted to `console`'s width, warnings and failures in colour."""
+    table = Table(title=report.title, caption=report.caption)
+    for i, header in enumerate(report.headers):
+        if i < report.named_by:
+            table.add_column(header, no_wrap=True)  # names: shortened (…) only when nothing else can give way
+        else:
+            table.add_column(header, justify="right")
+    for row in report.rows:
+        table.add_row(*row)
+    table.add_section()
+    table.add_row(*report.total)
     console.print(fit(table, console, short_headers={**_COUNT_HEADERS, **_TIME_HEADERS}))
-    if times and timed_on:
-        console.print("times measured on " + "; ".join(f"{escape(device)}: {n} run{'' if n == 1 else 's'}"
-                                                       for device, n in timed_on.most_common()), highlight=False)
-    if in_progress:
-        console.print(fit(_in_progress_table(in_progress), console))
-    for warning in results.warnings():
+    if report.timed_on:
+        console.print(escape(report.timed_on_line), highlight=False)
+    if report.in_progress:
+        headers, cells = _in_progress_grid(report.in_progress)
+        progress = Table(title=_IN_PROGRESS_TITLE, caption=_IN_PROGRESS_CAPTION)
+        for header in headers:
+            progress.add_column(header, justify="left" if header in ("run id", "state") else "right",
+                                no_wrap=header == "run id")
+        for line in cells:
+            progress.add_row(*line)
+        console.print(fit(progress, console))
+    for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    for path, line in failures:
-        console.print(f"[red]failed[/] {path}: {line}", highlight=False, soft_wrap=True)
+    for path, line in report.failures:
+        console.print(f"[red]failed[/] {escape(str(path))}: {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def status_markdown(report: StatusReport) -> str:
+    """The report as GitHub-flavoured markdown: the count table (total in bold), then the rest as lists."""
+    lines = [f"Status: `{report.title}`", ""]
+    total = [f"**{cell}**" if cell else "" for cell in report.total]
+    lines += markdown_table(report.headers, [*report.rows, total], report.named_by) + [""]
+    lines += [f"- {report.caption}."] + ([f"- {report.timed_on_line}."] if report.timed_on else [])
+    if report.in_progress:
+        headers, cells = _in_progress_grid(report.in_progress)
+        lines += ["", f"{_IN_PROGRESS_TITLE.capitalize()}:", "", *markdown_table(headers, cells, 2), "",
+                  f"- {_IN_PROGRESS_CAPTION}."]
+    lines += [f"- warning: {w}" for w in report.warnings]
+    lines += [f"- failed {path}: {line}" for path, line in report.failures]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -151,22 +215,25 @@ def in_progress_from_log(run_dir: Path, config: TrainConfig) -> InProgress | Non
                       seconds_per_epoch=float(log["epoch_seconds"].tail(5).median()))
 
 
-def _in_progress_table(runs: list[tuple[Path, RunStatus, InProgress | None]]) -> Table:
-    table = Table(title="runs in progress",
-                  caption="stops in at least: if validation accuracy never rises again (early stopping or the "
-                          "epoch cap), at the pace of its last 5 epochs")
-    for header in ("run id", "state", "epoch", "best val", "since best", "per epoch", "stops in at least"):
-        table.add_column(header, justify="left" if header in ("run id", "state") else "right",
-                         no_wrap=header == "run id")
-    for path, state, where in sorted(runs, key=lambda r: r[0].name):
+_IN_PROGRESS_TITLE = "runs in progress"
+_IN_PROGRESS_CAPTION = ("stops in at least: if validation accuracy never rises again (early stopping or the epoch "
+                        "cap), at the pace of its last 5 epochs")
+
+
+def _in_progress_grid(runs: list[tuple[Path, RunStatus, InProgress | None]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the runs-in-progress table, shared by the terminal and markdown."""
+    headers = ["run id", "state", "epoch", "best val", "since best", "per epoch", "stops in at least"]
+    cells = []
+    for path, state, where in runs:
         if where is None:
-            table.add_row(path.name, state.value, "0", *["–"] * 4)  # in its first epoch
+            cells.append([path.name, state.value, "0", *["–"] * 4])  # in its first epoch
             continue
-        table.add_row(path.name, state.value, str(where.epoch),
+        cells.append([path.name, state.value, str(where.epoch),
                       f"{100 * where.best_val_acc:.2f}% (epoch {where.best_epoch})",
                       f"{where.since_best}/{where.patience}", format_duration(where.seconds_per_epoch),
-                      f"{where.epochs_left_at_least} epochs ({format_duration(where.seconds_left_at_least)})")
-    return table
+                      f"{where.epochs_left_at_least} epochs ({format_duration(where.seconds_left_at_least)})"])
+    return headers, cells
 
 
-__all__ = ["print_plan", "print_status", "InProgress", "in_progress_from_log"]
+__all__ = ["print_plan", "status_report", "print_status", "status_markdown", "StatusReport", "StatusFormat",
+           "InProgress", "in_progress_from_log"]
