@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))  # the checkout's qagrel_cli, installed or not
 from benchmarks.gpu_check import CheckError, mnist_files, read_bytes  # noqa: E402  (after the path)
 from qagrel_cli.core import run_folder  # noqa: E402
 from qagrel_cli.core.config import QagrelError  # noqa: E402
+from qagrel_cli.sweeps.collect import Placement, place_finished_run  # noqa: E402
 from qagrel_cli.sweeps.ledger import RunStatus, run_status  # noqa: E402
 from qagrel_cli.sweeps.sweep_file import load_sweep  # noqa: E402
 
@@ -60,8 +61,6 @@ CIFAR_BATCHES = "cifar-10-batches-py"
 # builds the batches from it, placed where that script looks (<tools>/../data/<archive>).
 CIFAR_IMAGES = Path("data") / "cifar10-images.tar.gz"
 CIFAR_BUILDER = Path("tools") / "build_cifar10.py"
-# A run's files that travel: everything a finished run is read from, nothing that resumes one.
-RUN_FILES = (run_folder.CONFIG_FILE, run_folder.SUMMARY_FILE, run_folder.LOG_FILE)
 STOP_GRACE_SECONDS = 30  # after SIGTERM, for workers to stop and the sweep to say what it did
 ARCHIVE_RESERVE_SECONDS = 20  # of --seconds, kept back for the archive and the report
 
@@ -139,7 +138,7 @@ def run(sweep_file: Path, *, data_dir: Path, results: Path, out: Path, seconds: 
     with tarfile.open(out / ARCHIVE, "w:gz") as archive:
         for config in finished:
             run_dir = sweep.run_dir(results, config)
-            for name in RUN_FILES:
+            for name in run_folder.RESULT_FILES:  # nothing that resumes a run
                 archive.add(run_dir / name, arcname=f"{sweep.name}/{config.run_id}/{name}")
             summary = run_folder.read_summary(run_dir) or {}
             runs.append({key: summary.get(key) for key in ("run_id", "status", "stop_epoch", "test_acc_at_best",
@@ -169,24 +168,15 @@ def unpack(archive: Path, results: Path) -> tuple[list[str], list[str], list[str
 
 def _place_runs(scratch: Path, results: Path, archive: Path, added: list[str], kept: list[str],
                 running: list[str]) -> None:
-    """Move each extracted run into `results` unless one there is finished or being trained."""
+    """Move each extracted run into `results` unless one there is finished or being trained (as `qagrel
+    collect` places runs)."""
     runs = {f"{run_dir.parent.name}/{run_dir.name}": run_dir for run_dir in sorted(scratch.glob("*/*"))}
     for name, run_dir in runs.items():  # all checked before any is placed: a bad archive changes nothing
         if not run_folder.is_finished(run_dir):
             raise SweepError(f"{archive}: {name} is not a finished run")
+    placed = {Placement.added: added, Placement.kept: kept, Placement.running: running}
     for name, run_dir in runs.items():
-        dest = results / name
-        status = run_status(dest)
-        if status == RunStatus.done:
-            kept.append(name)
-        elif status == RunStatus.running:
-            running.append(name)
-        else:  # pending, partial, failed or damaged: the finished run replaces it
-            if dest.exists():
-                shutil.rmtree(dest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(run_dir, dest)
-            added.append(name)
+        placed[place_finished_run(run_dir, results / name)].append(name)
 
 
 # ---------------------------------------------------------------- command line

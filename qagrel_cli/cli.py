@@ -327,6 +327,31 @@ def status(
         print_status(report, report_console())
 
 
+@app.command(cls=QagrelCommand)
+def collect(
+    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="A results folder a sweep writes into (e.g. "
+                                           "/scratch/results/table1), or a folder of several.",
+                                           show_default=False)],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Where its finished runs go, at the same places "
+                                         "(e.g. results/table1).", show_default=False)],
+) -> None:
+    """Copy the finished runs under SOURCE into DEST: config, summary and log, never a checkpoint or a lock.
+    Runs finished in DEST are kept; safe to repeat while the sweep runs."""
+    from qagrel_cli.sweeps.collect import collect as collect_runs
+
+    try:
+        done = collect_runs(source, dest)
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    said = [f"collected {len(done.added)} finished run(s) into {dest}",
+            f"{len(done.kept)} already finished there (kept)", f"{len(done.unfinished)} unfinished left in {source}"]
+    said += [f"{len(done.sweep_files)} sweep file(s) copied"] if done.sweep_files else []
+    console.print("; ".join(said), highlight=False, soft_wrap=True)
+    if done.running:
+        raise fail(f"not replaced, being trained in {dest}: " + ", ".join(done.running)
+                   + "; stop that process and collect again", 1)
+
+
 def write_report(text: str, out: Path | None) -> None:
     """A report to the file `out` (written whole or not at all, and said in one line), else to standard output."""
     from qagrel_cli.core.run_folder import atomic_write_text

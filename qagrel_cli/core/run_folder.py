@@ -46,6 +46,8 @@ ERROR_FILE = "_error.txt"
 LOCK_FILE = "_lock"
 # Files a run's folder may hold before training writes anything (the lock; a sweep's record of a crash).
 LEDGER_FILES = frozenset({LOCK_FILE, ERROR_FILE})
+# A finished run is read from these alone: what is kept and copied of it (never the checkpoint or lock).
+RESULT_FILES = (CONFIG_FILE, SUMMARY_FILE, LOG_FILE)
 
 # The epoch-log columns, in order (alignment angles `angle_<layer>` follow when recorded).
 LOG_COLUMNS = ("epoch", "train_reward", "train_loss", "val_acc", "test_acc",
@@ -180,12 +182,18 @@ def is_run_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file()
 
 
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether `path` lies in a folder below `root` named with a leading '.' or '_' (figures, staging areas,
+    scratch copies): none of it is a result."""
+    return any(part.startswith((".", "_")) for part in Path(path).relative_to(root).parts)
+
+
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every run folder at or below `root`, sorted."""
+    """Every run folder at or below `root`, sorted; none inside a hidden folder (`is_hidden`)."""
     root = Path(root)
     if is_run_dir(root):
         return [root]
-    return sorted(p.parent for p in root.rglob(CONFIG_FILE) if not p.parent.name.startswith((".", "_")))
+    return sorted(p.parent for p in root.rglob(CONFIG_FILE) if not is_hidden(p.parent, root))
 
 
 # ---- the run's lock: one process trains a run at a time (a sweep worker, a Ray driver or `qagrel train`)

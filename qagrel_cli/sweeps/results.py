@@ -94,7 +94,7 @@ def read_results(root: Path) -> Results:
             results.damaged.append(damage)
             record = RunRecord(record.path, record.config, record.summary, log_readable=False)
         records[run_dir] = record
-    for sweep_file in sorted(root.rglob(SWEEP_FILE)):
+    for sweep_file in sorted(p for p in root.rglob(SWEEP_FILE) if not run_folder.is_hidden(p.parent, root)):
         try:
             stored = parse_sweep(sweep_file.read_text(), sweep_file, default_name=sweep_file.parent.name)
         except (OSError, UnicodeDecodeError, QagrelError) as err:

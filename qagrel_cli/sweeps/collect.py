@@ -1,0 +1,109 @@
+"""`qagrel collect`: the finished runs of a results folder, copied into another one.
+
+A sweep runs where there is room (a scratch disk, a cluster's file system) and its
+results are kept somewhere else (the repository's `results/`, a shared drive).
+`collect` copies each finished run's result files (config, summary, log) and the
+sweep files, never a checkpoint or a lock, so an unfinished run stays behind to
+be resumed where it is. It is safe to repeat and to run while the sweep runs:
+
+- a run already finished in the destination is kept as it is;
+- an unfinished one there (partial, failed, damaged) is replaced by the finished run;
+- one that a process is training there is left alone and reported;
+- each run is staged in a `_collect-*` folder beside it and moved into place whole, so a
+  reader (or a process killed mid-copy) never leaves half a run.
+
+A sweep file already in the destination must be the same sweep: a different one is
+an error before anything is copied. `place_finished_run` is also how
+`benchmarks/gpu_sweep.py unpack` puts runs trained elsewhere into place.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from qagrel_cli.core import run_folder
+from qagrel_cli.core.config import QagrelError
+from qagrel_cli.sweeps.ledger import RunStatus, run_status
+from qagrel_cli.sweeps.results import check_results_folder
+from qagrel_cli.sweeps.sweep_file import SWEEP_FILE
+
+STAGING_PREFIX = "_collect-"  # '_': never read as a run folder
+
+
+class Placement(str, Enum):
+    added = "added"  # now in place (it replaced an unfinished run, if there was one)
+    kept = "kept"  # a finished run was there already: left as it was
+    running = "running"  # a process is training the run there: left alone
+
+
+@dataclass
+class Collected:
+    """What `collect` did, run folders named relative to the source."""
+
+    added: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)  # left in the source, to be resumed there
+    sweep_files: list[str] = field(default_factory=list)  # sweep files copied
+
+
+def place_finished_run(staged: Path, dest: Path) -> Placement:
+    """Move the finished run `staged` (on `dest`'s file system) to `dest`, unless a finished run is there or
+    a process is training one there; what is not placed stays in `staged` for its caller to remove."""
+    status = run_status(dest)
+    if status == RunStatus.done:
+        return Placement.kept
+    if status == RunStatus.running:
+        return Placement.running
+    if dest.exists():  # pending, partial, failed or damaged: the finished run replaces it
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, dest)
+    return Placement.added
+
+
+def collect(source: Path, dest: Path) -> Collected:
+    """Copy every finished run below `source` to the same place below `dest`, and the sweep files."""
+    source = check_results_folder(source).resolve()
+    dest = Path(dest).resolve()
+    if dest == source or dest.is_relative_to(source) or source.is_relative_to(dest):
+        raise QagrelError(f"{dest} and {source} overlap: collect copies from one results folder into another")
+    if dest.exists() and not dest.is_dir():
+        raise QagrelError(f"{dest} is a file, not a results folder")
+    sweep_files = sorted(p for p in source.rglob(SWEEP_FILE) if not run_folder.is_hidden(p.parent, source))
+    for sweep_file in sweep_files:  # all checked before anything is copied
+        there = dest / sweep_file.relative_to(source)
+        if there.exists() and not filecmp.cmp(sweep_file, there, shallow=False):
+            raise QagrelError(f"{there} is not the sweep file of {sweep_file.parent}: a different sweep is there")
+    done = Collected()
+    for sweep_file in sweep_files:
+        there = dest / sweep_file.relative_to(source)
+        if not there.exists():
+            run_folder.atomic_write(there, lambda tmp, src=sweep_file: shutil.copyfile(src, tmp))
+            done.sweep_files.append(str(sweep_file.relative_to(source)))
+    for run_dir in run_folder.find_run_dirs(source):
+        name = str(run_dir.relative_to(source))
+        if run_status(run_dir) != RunStatus.done:
+            done.unfinished.append(name)
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=STAGING_PREFIX) as staging:
+            staged = Path(staging) / run_dir.name
+            staged.mkdir()
+            for file_name in run_folder.RESULT_FILES:
+                if (run_dir / file_name).exists():  # a lost log: the summary still holds the results
+                    shutil.copy2(run_dir / file_name, staged / file_name)
+            placement = place_finished_run(staged, target)
+        {Placement.added: done.added, Placement.kept: done.kept, Placement.running: done.running}[placement] \
+            .append(name)
+    return done
+
+
+__all__ = ["collect", "Collected", "place_finished_run", "Placement", "STAGING_PREFIX"]
