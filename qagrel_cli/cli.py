@@ -335,8 +335,9 @@ def collect(
     dest: Annotated[Path, typer.Argument(metavar="DEST", help="Where its finished runs go, at the same places "
                                          "(e.g. results/table1).", show_default=False)],
 ) -> None:
-    """Copy the finished runs under SOURCE into DEST: config, summary and log, never a checkpoint or a lock.
-    Runs finished in DEST are kept; safe to repeat while the sweep runs."""
+    """Copy the finished runs under SOURCE into DEST (config, summary and log; never a checkpoint or a lock).
+
+    A run finished in DEST is kept as it is, an unfinished one replaced; safe to repeat while the sweep runs."""
     from qagrel_cli.sweeps.collect import collect as collect_runs
 
     try:
@@ -423,8 +424,9 @@ def milestones(
                                                  rich_help_panel=TABLE_PANEL)] = MilestoneFormat.rich,
     out: ReportOutOption = None,
 ) -> None:
-    """How far short runs got along the paper's path: test accuracy at the paper's implied best epoch, epochs
-    to 50% and 90% of its accuracy, per Table 1 row and protocol reading."""
+    """How far short runs got along the paper's path, per Table 1 row and protocol reading.
+
+    The test accuracy at the paper's implied best epoch, and the epochs to 50% and 90% of its accuracy."""
     from qagrel_cli.reports.milestones import milestone_rows, render
     from qagrel_cli.sweeps.results import read_results
 
@@ -476,8 +478,10 @@ def plot(
         help="Only these hidden sizes, e.g. 500 or 1000,500, or Table 1's 28800-7200-500 (repeatable). "
         "Default: all.", rich_help_panel=FIGURE3_PANEL, show_default=False)] = None,
 ) -> None:
-    """Plot Figure 3 (Q-AGREL vs BP learning curves, mean ± 2 SD over seeds, one panel per dataset) or one run;
-    --angles: how far the feedback weights are from reciprocal."""
+    """Plot Figure 3 (learning curves, mean ± 2 SD over seeds), one run's curves, or feedback angles.
+
+    Figure 3: Q-AGREL vs BP, one panel per dataset and network. --angles: how far the feedback weights are
+    from reciprocal."""
     from qagrel_cli.reports.plot import plot as make_plot
 
     try:

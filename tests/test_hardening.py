@@ -246,12 +246,21 @@ def test_a_file_given_as_the_results_folder_is_one_line(command):
     (["sweep"], "Usage: qagrel sweep [OPTIONS] FILE"), (["status"], "Usage: qagrel status [OPTIONS] [DIRECTORY]"),
     (["table"], "Usage: qagrel table [OPTIONS] DIRECTORY"),
     (["milestones"], "Usage: qagrel milestones [OPTIONS] DIRECTORY"),
-    (["plot"], "Usage: qagrel plot [OPTIONS] DIRECTORY")])
+    (["plot"], "Usage: qagrel plot [OPTIONS] DIRECTORY"), (["collect"], "Usage: qagrel collect [OPTIONS] SOURCE DEST")])
 def test_help_shows_flags_without_a_type_and_arguments_in_capitals(command, usage):
     result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     assert usage in result.output
     assert "<bool>" not in result.output and "{" not in result.output
+
+
+def test_the_command_list_gives_each_command_its_one_line_summary_unbroken():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "250"})  # wide: only the docstring could break a line
+    listed = result.output[result.output.index("Commands"):]
+    for command in app.registered_commands:
+        summary = command.callback.__doc__.split("\n\n")[0]
+        assert "\n" not in summary, f"{command.callback.__name__}: the first paragraph of its docstring is the summary"
+        assert f"{command.callback.__name__.replace('_', '-')}  " in listed and summary in listed
 
 
 # --------------------------------------------------------- runs and records
