@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from typer.testing import CliRunner  # noqa: E402
 
 from qagrel_cli.cli import app  # noqa: E402  (the package of this checkout)
-from qagrel_cli.core.run_folder import is_run_dir  # noqa: E402
+from qagrel_cli.core.run_folder import atomic_write, is_run_dir  # noqa: E402
 from qagrel_cli.reports.plot import FIGURES_FOLDER  # noqa: E402
 
 BEGIN = re.compile(r"^<!-- generated: (.+) -->\n", re.MULTILINE)
@@ -114,11 +114,11 @@ def run_command(command: str, root: Path, where: str, doc_dir: Path, scratch: Pa
     if len(words) < 2 or words[0] != "qagrel" or words[1] not in (*COMMANDS, FIGURE_COMMAND):
         raise DocsError(f"{where}: '{command}' is not a qagrel {', '.join(COMMANDS)} or {FIGURE_COMMAND} "
                         "command")
-    if "--out" in words:
+    if _option(words, "--out") is not None:
         raise DocsError(f"{where}: '{command}' names --out; a block's command writes only where it writes "
                         "by default")
     if words[1] != FIGURE_COMMAND:
-        if "--format markdown" not in " ".join(words):
+        if _option(words, "--format") != "markdown":
             raise DocsError(f"{where}: '{command}' needs --format markdown (a terminal table's width is the "
                             "terminal's)")
         # A blank line ends a table or list before the end marker.
@@ -142,12 +142,14 @@ def run_command(command: str, root: Path, where: str, doc_dir: Path, scratch: Pa
     return output
 
 
-def _replace_file(source: Path, target: Path) -> None:
-    """Copy `source` over `target` through a temporary file beside it, so a reader never sees half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
+def _option(words: list[str], name: str) -> str | None:
+    """The value a command line gives option `name` (`--name VALUE` or `--name=VALUE`), else None."""
+    for i, word in enumerate(words):
+        if word == name:
+            return words[i + 1] if i + 1 < len(words) else ""
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return None
 
 
 def regenerate(doc: Path, root: Path = ROOT, check: bool = False) -> list[str]:
@@ -173,13 +175,11 @@ def regenerate(doc: Path, root: Path = ROOT, check: bool = False) -> list[str]:
             done = block.end
         if check:
             return stale
-        for source, target in figures.items():
-            _replace_file(source, target)
+        for source, target in figures.items():  # whole or not at all, as every qagrel file
+            atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
     new_text = "".join(pieces) + text[done:]
     if new_text != text:
-        tmp = doc.with_name(doc.name + ".tmp")
-        tmp.write_text(new_text, encoding="utf-8")
-        tmp.replace(doc)
+        atomic_write(doc, lambda tmp: tmp.write_text(new_text, encoding="utf-8"))
     return stale
 
 

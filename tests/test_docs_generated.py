@@ -46,7 +46,8 @@ def test_a_block_without_its_end_marker_is_an_error_naming_its_line(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["qagrel sweep sweeps/smoke.yaml", "ls results", f"{COMMAND} --out t.md",
-                                     "qagrel table results/bp-step", "qagrel status results/bp-step --format rich"])
+                                     "qagrel table results/bp-step", "qagrel status results/bp-step --format rich",
+                                     f"{COMMAND} --out=t.md", "qagrel table results/bp-step --format=csv"])
 def test_a_command_that_is_not_a_pure_report_in_markdown_is_refused(tmp_path, command):
     doc = tmp_path / "page.md"
     doc.write_text(block(command))
