@@ -138,3 +138,12 @@ def test_a_run_staged_in_a_hidden_folder_is_not_a_run_of_the_results(tmp_path):
     staged = run_dir(tmp_path / "results" / "_collect-abc", 0)  # results/_collect-abc/s/<run id>
     assert run_folder.find_run_dirs(tmp_path / "results") == []
     assert run_folder.find_run_dirs(staged) == [staged]  # named itself, it is a run
+
+
+def test_a_run_that_cannot_be_copied_is_a_one_line_error_and_leaves_no_half_run(scratch, tmp_path):
+    (scratch / "s" / SWEEP_FILE).unlink()
+    dest = tmp_path / "repo"
+    dest.mkdir()
+    (dest / "s").write_text("a file where the sweep's folder would go")
+    assert_one_line_error(runner.invoke(app, ["collect", str(scratch), str(dest)]), "cannot copy")
+    assert sorted(p.name for p in dest.iterdir()) == ["s"]

@@ -93,6 +93,15 @@ def collect(source: Path, dest: Path) -> Collected:
             done.unfinished.append(name)
             continue
         target = dest / name
+        placement = Placement.kept if run_status(target) == RunStatus.done else _copy_run(run_dir, target)
+        {Placement.added: done.added, Placement.kept: done.kept, Placement.running: done.running}[placement] \
+            .append(name)
+    return done
+
+
+def _copy_run(run_dir: Path, target: Path) -> Placement:
+    """Stage a copy of the finished run's result files beside `target`, then place it."""
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=STAGING_PREFIX) as staging:
             staged = Path(staging) / run_dir.name
@@ -100,10 +109,9 @@ def collect(source: Path, dest: Path) -> Collected:
             for file_name in run_folder.RESULT_FILES:
                 if (run_dir / file_name).exists():  # a lost log: the summary still holds the results
                     shutil.copy2(run_dir / file_name, staged / file_name)
-            placement = place_finished_run(staged, target)
-        {Placement.added: done.added, Placement.kept: done.kept, Placement.running: done.running}[placement] \
-            .append(name)
-    return done
+            return place_finished_run(staged, target)
+    except OSError as err:  # a full disk, a folder not ours: one line, and no half run left behind
+        raise QagrelError(f"cannot copy {run_dir} to {target}: {err.strerror or err}") from None
 
 
 __all__ = ["collect", "Collected", "place_finished_run", "Placement", "STAGING_PREFIX"]
