@@ -93,15 +93,17 @@ def collect(source: Path, dest: Path) -> Collected:
             done.unfinished.append(name)
             continue
         target = dest / name
-        placement = Placement.kept if run_status(target) == RunStatus.done else _copy_run(run_dir, target)
+        placement = _collect_run(run_dir, target)
         {Placement.added: done.added, Placement.kept: done.kept, Placement.running: done.running}[placement] \
             .append(name)
     return done
 
 
-def _copy_run(run_dir: Path, target: Path) -> Placement:
-    """Stage a copy of the finished run's result files beside `target`, then place it."""
+def _collect_run(run_dir: Path, target: Path) -> Placement:
+    """Unless a finished run is at `target`, stage a copy of the run's result files beside it, then place it."""
     try:
+        if run_status(target) == RunStatus.done:  # no copy to make
+            return Placement.kept
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=STAGING_PREFIX) as staging:
             staged = Path(staging) / run_dir.name
