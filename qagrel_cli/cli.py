@@ -345,7 +345,7 @@ def collect(
     except QagrelError as err:
         raise fail(str(err)) from None
     said = [f"collected {len(done.added)} finished run(s) into {dest}",
-            f"{len(done.kept)} already finished there (kept)", f"{len(done.unfinished)} unfinished left in {source}"]
+            f"{len(done.kept)} already finished there (kept)", f"{len(done.unfinished)} not finished in {source}"]
     said += [f"{len(done.sweep_files)} sweep file(s) copied"] if done.sweep_files else []
     console.print("; ".join(said), highlight=False, soft_wrap=True)
     if done.running:

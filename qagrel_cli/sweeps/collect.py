@@ -30,7 +30,7 @@ from pathlib import Path
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
-from qagrel_cli.sweeps.results import check_results_folder
+from qagrel_cli.sweeps.results import check_results_folder, read_results
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE
 
 STAGING_PREFIX = "_collect-"  # '_': never read as a run folder
@@ -49,7 +49,7 @@ class Collected:
     added: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     running: list[str] = field(default_factory=list)
-    unfinished: list[str] = field(default_factory=list)  # left in the source, to be resumed there
+    unfinished: list[str] = field(default_factory=list)  # not finished in the source (started or not)
     sweep_files: list[str] = field(default_factory=list)  # sweep files copied
 
 
@@ -87,8 +87,11 @@ def collect(source: Path, dest: Path) -> Collected:
         if not there.exists():
             run_folder.atomic_write(there, lambda tmp, src=sweep_file: shutil.copyfile(src, tmp))
             done.sweep_files.append(str(sweep_file.relative_to(source)))
-    for run_dir in run_folder.find_run_dirs(source):
-        name = str(run_dir.relative_to(source))
+    results = read_results(source)  # the run folders, and the runs of its sweeps not started yet
+    done.unfinished = sorted({str(d.file.parent.relative_to(source)) for d in results.damaged
+                              if d.file.name != run_folder.LOG_FILE and d.file.name != SWEEP_FILE})
+    for record in results.runs:
+        run_dir, name = record.path, str(record.path.relative_to(source))
         if run_status(run_dir) != RunStatus.done:
             done.unfinished.append(name)
             continue
