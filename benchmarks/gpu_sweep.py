@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))  # the checkout's qagrel_cli, installed or not
 from benchmarks.gpu_check import CheckError, mnist_files, read_bytes  # noqa: E402  (after the path)
 from qagrel_cli.core import run_folder  # noqa: E402
 from qagrel_cli.core.config import QagrelError  # noqa: E402
-from qagrel_cli.sweeps.collect import Placement, place_finished_run  # noqa: E402
+from qagrel_cli.sweeps.collect import Collected, place_finished_run  # noqa: E402
 from qagrel_cli.sweeps.ledger import RunStatus, run_status  # noqa: E402
 from qagrel_cli.sweeps.sweep_file import load_sweep  # noqa: E402
 
@@ -155,28 +155,25 @@ def run(sweep_file: Path, *, data_dir: Path, results: Path, out: Path, seconds: 
 
 def unpack(archive: Path, results: Path) -> tuple[list[str], list[str], list[str]]:
     """Put the archive's finished runs into `results`: (added, kept because finished here, refused as running here)."""
-    added: list[str] = []
-    kept: list[str] = []
-    running: list[str] = []
     with tarfile.open(archive) as tar:  # an unreadable archive: one line, and nothing written
         results.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=results, prefix="_unpack-") as scratch:
             tar.extractall(scratch, filter="data")  # the data filter refuses absolute paths and links out of scratch
-            _place_runs(Path(scratch), results, archive, added, kept, running)
-    return added, kept, running
+            placed = _place_runs(Path(scratch), results, archive)
+    return placed.added, placed.kept, placed.running
 
 
-def _place_runs(scratch: Path, results: Path, archive: Path, added: list[str], kept: list[str],
-                running: list[str]) -> None:
+def _place_runs(scratch: Path, results: Path, archive: Path) -> Collected:
     """Move each extracted run into `results` unless one there is finished or being trained (as `qagrel
     collect` places runs)."""
     runs = {f"{run_dir.parent.name}/{run_dir.name}": run_dir for run_dir in sorted(scratch.glob("*/*"))}
     for name, run_dir in runs.items():  # all checked before any is placed: a bad archive changes nothing
         if not run_folder.is_finished(run_dir):
             raise SweepError(f"{archive}: {name} is not a finished run")
-    placed = {Placement.added: added, Placement.kept: kept, Placement.running: running}
+    placed = Collected()
     for name, run_dir in runs.items():
-        placed[place_finished_run(run_dir, results / name)].append(name)
+        placed.note(name, place_finished_run(run_dir, results / name))
+    return placed
 
 
 # ---------------------------------------------------------------- command line

@@ -17,14 +17,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError, TrainConfig
-from qagrel_cli.core.run_folder import ERROR_FILE, LOG_FILE, DamagedFile, read_log
+from qagrel_cli.core.run_folder import ERROR_FILE, DamagedFile, read_log
 from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields, setting_cell
 from qagrel_cli.reports.table_formats import markdown_table
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import read_results
-from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
+from qagrel_cli.sweeps.sweep_file import Sweep
 
 
 # The count columns of `qagrel status`, and the short headers they take on a narrow terminal.
@@ -113,8 +113,7 @@ def status_report(root: Path, *, times: bool = False) -> StatusReport:
         if state == RunStatus.failed:
             lines = (record.path / ERROR_FILE).read_text(errors="replace").strip().splitlines() or ["(empty)"]
             failures.append((record.path, lines[-1]))
-    totals[RunStatus.damaged] += len({d.file.parent for d in results.damaged
-                                      if d.file.name != LOG_FILE and d.file.name != SWEEP_FILE})
+    totals[RunStatus.damaged] += len(results.damaged_runs())
 
     def numbers(c: Counter, spent: list[tuple[float, int]]) -> list[str]:
         seconds, epochs = sum(s for s, _ in spent), sum(e for _, e in spent)

@@ -52,6 +52,11 @@ class Collected:
     unfinished: list[str] = field(default_factory=list)  # not finished in the source (started or not)
     sweep_files: list[str] = field(default_factory=list)  # sweep files copied
 
+    def note(self, name: str, placement: Placement) -> None:
+        """File run `name` under what placing it did."""
+        {Placement.added: self.added, Placement.kept: self.kept, Placement.running: self.running}[placement] \
+            .append(name)
+
 
 def place_finished_run(staged: Path, dest: Path) -> Placement:
     """Move the finished run `staged` (on `dest`'s file system) to `dest`, unless a finished run is there or
@@ -88,17 +93,13 @@ def collect(source: Path, dest: Path) -> Collected:
             run_folder.atomic_write(there, lambda tmp, src=sweep_file: shutil.copyfile(src, tmp))
             done.sweep_files.append(str(sweep_file.relative_to(source)))
     results = read_results(source)  # the run folders, and the runs of its sweeps not started yet
-    done.unfinished = sorted({str(d.file.parent.relative_to(source)) for d in results.damaged
-                              if d.file.name != run_folder.LOG_FILE and d.file.name != SWEEP_FILE})
+    done.unfinished = sorted(str(run_dir.relative_to(source)) for run_dir in results.damaged_runs())
     for record in results.runs:
         run_dir, name = record.path, str(record.path.relative_to(source))
         if run_status(run_dir) != RunStatus.done:
             done.unfinished.append(name)
             continue
-        target = dest / name
-        placement = _collect_run(run_dir, target)
-        {Placement.added: done.added, Placement.kept: done.kept, Placement.running: done.running}[placement] \
-            .append(name)
+        done.note(name, _collect_run(run_dir, dest / name))
     return done
 
 

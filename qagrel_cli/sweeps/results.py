@@ -54,6 +54,11 @@ class Results:
     runs: list[RunRecord] = field(default_factory=list)
     damaged: list[Damage] = field(default_factory=list)
 
+    def damaged_runs(self) -> set[Path]:
+        """The run folders left out because their config or summary cannot be read (a damaged log keeps its
+        run; a damaged sweep file is no run)."""
+        return {d.file.parent for d in self.damaged if d.file.name not in (run_folder.LOG_FILE, SWEEP_FILE)}
+
     def warnings(self, log_note: str = "its run's summary is still used") -> list[str]:
         """One line per damaged file, for a view to print before its output; `log_note` says what the view
         does with a run whose log alone is damaged."""
