@@ -381,7 +381,9 @@ def table(
                                              "the paper's) or of the best validation accuracy (best).",
                                              rich_help_panel=TABLE_PANEL)] = EpochsAt.stop,
     accuracy: Annotated[AccuracyAt, typer.Option(help="Accuracy column: test accuracy at the best-validation epoch "
-                                                 "(best, the paper's) or at the last epoch (final).",
+                                                 "(best, the paper's), at the last epoch (final), or the highest "
+                                                 "of any epoch up to the stop (peak: the test set used as "
+                                                 "validation set; read from the logs).",
                                                  rich_help_panel=TABLE_PANEL)] = AccuracyAt.best,
     converged_above: Annotated[float, typer.Option(help="A seed converged when it did not diverge and its best "
                                                    "validation accuracy is at least this multiple of chance.",

@@ -31,3 +31,10 @@ def test_a_log_read_while_it_is_being_rewritten_is_always_whole(tmp_path: Path):
 
 def test_a_run_folder_without_a_log_reads_as_an_empty_log(tmp_path: Path):
     assert runs.read_log(tmp_path).empty
+
+
+def test_one_row_per_epoch_keeps_the_last_row_of_an_epoch_logged_twice_in_epoch_order():
+    log = pd.DataFrame({"epoch": [1, 2, 3, 2, 3, 4], "val_acc": [0.1, 0.2, 0.3, 0.25, 0.35, 0.4]})
+    once = runs.one_row_per_epoch(log)
+    assert once["epoch"].tolist() == [1, 2, 3, 4]
+    assert once["val_acc"].tolist() == [0.1, 0.25, 0.35, 0.4]

@@ -285,15 +285,17 @@ def test_cli_table_without_finished_runs_is_a_one_line_error(tmp_path):
     assert "Traceback" not in result.output
 
 
-def fabricate_logged(root: Path, seed: int, val_acc: list[float], **config) -> Path:
-    """A finished run whose log holds these validation accuracies (test accuracy 1/10 of each), its summary
-    what training with the config's patience left."""
+def fabricate_logged(root: Path, seed: int, val_acc: list[float], test_acc: list[float] | None = None,
+                     **config) -> Path:
+    """A finished run whose log holds these validation accuracies (and test accuracies, by default 1/10 of
+    each), its summary what training with the config's patience left."""
     last = len(val_acc)
     best = val_acc.index(max(val_acc)) + 1
+    test_acc = test_acc or [v / 10 for v in val_acc]
     run_dir = fabricate(root, seed=seed, stop_epoch=last, best_epoch=best, best_val_acc=max(val_acc),
-                        test_acc_at_best=max(val_acc) / 10, **config)
+                        test_acc_at_best=test_acc[best - 1], test_acc_at_stop=test_acc[-1], **config)
     runs.write_log(run_dir, pd.DataFrame({"epoch": range(1, last + 1), "train_reward": 0.5, "train_loss": 0.1,
-                                          "val_acc": val_acc, "test_acc": [v / 10 for v in val_acc],
+                                          "val_acc": val_acc, "test_acc": test_acc,
                                           "epoch_seconds": 1.0, "samples_per_second": 1.0, "lr": 1.0}))
     return run_dir
 
@@ -322,6 +324,46 @@ def test_cli_table_patience_says_it_replayed_early_stopping(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| 3 (–) | 6.00 (–) |" in result.stdout
     assert "Early stopping replayed from each run's log with patience 1" in result.stdout
+
+
+def test_accuracy_peak_is_the_highest_test_accuracy_of_any_epoch_of_the_run(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55], test_acc=[0.50, 0.58, 0.61, 0.57], patience=2)
+    fabricate_logged(tmp_path, 1, [0.5, 0.6, 0.55, 0.55], test_acc=[0.50, 0.63, 0.59, 0.60], patience=2)
+    (row,) = table_of(tmp_path, accuracy_at=AccuracyAt.peak).rows
+    assert row.accuracy.mean == pytest.approx(100 * (0.61 + 0.63) / 2)
+    (at_best,) = table_of(tmp_path).rows
+    assert at_best.accuracy.mean == pytest.approx(100 * (0.58 + 0.63) / 2)
+
+
+def test_accuracy_peak_under_a_shorter_patience_looks_only_up_to_the_replayed_stop(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55], test_acc=[0.50, 0.58, 0.57, 0.61], patience=2)
+    (row,) = table_of(tmp_path, accuracy_at=AccuracyAt.peak, patience=1).rows  # stops at epoch 3
+    assert row.accuracy.mean == pytest.approx(58.0)
+
+
+def test_accuracy_peak_reads_an_epoch_logged_twice_as_its_last_row(tmp_path):
+    run_dir = fabricate(tmp_path, seed=0, stop_epoch=3, best_epoch=2)
+    runs.write_log(run_dir, pd.DataFrame({"epoch": [1, 2, 2, 3], "val_acc": [0.5, 0.6, 0.6, 0.55],
+                                          "test_acc": [0.50, 0.70, 0.58, 0.56]}))
+    (row,) = table_of(tmp_path, accuracy_at=AccuracyAt.peak).rows
+    assert row.accuracy.mean == pytest.approx(58.0)
+
+
+def test_cli_table_accuracy_peak_says_the_accuracy_was_chosen_on_the_test_set(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55], test_acc=[0.50, 0.58, 0.61, 0.57], patience=2)
+    result = runner.invoke(app, ["table", str(tmp_path), "--accuracy", "peak", "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert "| 61.00 (–) |" in result.stdout
+    assert "Accuracy: the highest test accuracy of any epoch up to the stop (chosen on the test set" in result.stdout
+
+
+def test_cli_table_accuracy_peak_of_a_run_whose_log_is_damaged_is_a_one_line_error(tmp_path):
+    run_dir = fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55], patience=2)
+    (run_dir / runs.LOG_FILE).write_bytes(b"not parquet")
+    result = runner.invoke(app, ["table", str(tmp_path), "--accuracy", "peak"])
+    assert result.exit_code == 2
+    assert f"{run_dir}: its log cannot be read, so its peak test accuracy cannot be found" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_cli_table_patience_longer_than_a_run_trained_with_is_a_one_line_error(tmp_path):

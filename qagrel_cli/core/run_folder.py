@@ -167,6 +167,12 @@ def read_log(run_dir: Path) -> pd.DataFrame:
         raise DamagedFile(path, _reason(err)) from None
 
 
+def one_row_per_epoch(log: pd.DataFrame) -> pd.DataFrame:
+    """The log with each epoch once, in order: an epoch logged twice (a resumed run may log one again)
+    counts as its last row."""
+    return log.drop_duplicates("epoch", keep="last").sort_values("epoch")
+
+
 def epochs_saved(run_dir: Path) -> int:
     """Epochs in the run's log (0 when there is none yet, or it cannot be read)."""
     import pyarrow.parquet as pq

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from qagrel_cli.core.config import QagrelError, TrainConfig
+from qagrel_cli.core.run_folder import one_row_per_epoch
 
 CONVERGED_RULE = "not diverged and best validation accuracy >= 2 x chance"
 
@@ -71,7 +72,7 @@ def replay(log: pd.DataFrame, config: TrainConfig, diverged: bool = False) -> Re
     """Early stopping under `config`'s patience and epoch cap, epoch by epoch over a non-empty `log` (an epoch
     logged twice by a resume counts once, as its last row), up to the epoch where it stops or the log ends.
     `diverged`: the run diverged in the log's last epoch. `progress.rows` stays empty."""
-    rows = log.drop_duplicates("epoch", keep="last").sort_values("epoch").to_dict("records")
+    rows = one_row_per_epoch(log).to_dict("records")
     if not rows:
         raise QagrelError(f"{config.run_id}: its log has no epochs")
     progress = RunProgress()

@@ -77,7 +77,7 @@ def milestone_rows(results: Results) -> list[MilestoneRow]:
     fields = row_key_fields(finished)
     groups: dict[RowKey, list[tuple[pd.DataFrame, RunRecord]]] = {}
     for record in finished:
-        log = run_folder.read_log(record.path).drop_duplicates("epoch", keep="last").set_index("epoch")
+        log = run_folder.one_row_per_epoch(run_folder.read_log(record.path)).set_index("epoch")
         if not log.empty:
             groups.setdefault(row_key(record, fields), []).append((log, record))
     return [_row(key, [log for log, _ in runs], [record for _, record in runs])

@@ -136,7 +136,7 @@ class _Run:
 
         A diverged run's angles end before its stop epoch: weights that stopped being finite have no
         angle (runs logged before rules.alignment_angles wrote NaN there hold 0)."""
-        log = self.log.drop_duplicates("epoch", keep="last").sort_values("epoch")
+        log = run_folder.one_row_per_epoch(self.log)
         if self.diverged and column.startswith(ANGLE_PREFIX):
             log = log[log["epoch"] < int(self.record.summary["stop_epoch"])]
         return pd.Series(log[column].to_numpy(dtype=float), index=log["epoch"].astype(int).to_numpy())

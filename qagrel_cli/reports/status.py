@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError, TrainConfig
-from qagrel_cli.core.run_folder import ERROR_FILE, DamagedFile, read_log
+from qagrel_cli.core.run_folder import ERROR_FILE, DamagedFile, one_row_per_epoch, read_log
 from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields, setting_cell
@@ -203,7 +203,7 @@ class InProgress:
 def in_progress_from_log(run_dir: Path, config: TrainConfig) -> InProgress | None:
     """The unfinished run's state after its last logged epoch; None before its first. Raises DamagedFile
     for a log that cannot be read."""
-    log = read_log(run_dir).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    log = one_row_per_epoch(read_log(run_dir))
     if log.empty:
         return None
     state = replay(log, config).progress
