@@ -239,7 +239,7 @@ def build_table(records: list[RunRecord], *, source: str = "", epochs_at: Epochs
     for key, group in sorted(groups.items(), key=lambda item: item[0].sort_key):
         ok = [r for r in group if is_converged(r.summary, converged_above)]
         epochs = [float(r.summary["stop_epoch" if epochs_at == EpochsAt.stop else "best_epoch"]) for r in ok]
-        accuracy = [100 * test_accuracy(r, accuracy_at) for r in ok]
+        accuracy = [100 * accuracy_of(r, accuracy_at) for r in ok]
         # A row's runs differ only in seed and device (else row_key would split them), so one run speaks for all.
         differs = tuple(protocol_differences(group[0].config)) if compare else ()
         rows.append(Row(key, Stat.of(epochs), Stat.of(accuracy), len(ok), len(group),
@@ -252,7 +252,7 @@ def build_table(records: list[RunRecord], *, source: str = "", epochs_at: Epochs
                        patience=patience)
 
 
-def test_accuracy(record: RunRecord, at: AccuracyAt) -> float:
+def accuracy_of(record: RunRecord, at: AccuracyAt) -> float:
     """A finished run's test accuracy (a fraction) for the Accuracy column: at its best-validation epoch, at its
     last epoch, or the peak of its log up to its stop epoch (read from the log)."""
     if at == AccuracyAt.best:
@@ -348,4 +348,4 @@ def _paper_match(key: RowKey) -> tuple:
 
 
 __all__ = ["Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt", "Compare", "build_table",
-           "is_converged", "test_accuracy", "with_patience", "epoch_ratios", "protocol_differences", "paper_table", "paper_row"]
+           "is_converged", "accuracy_of", "with_patience", "epoch_ratios", "protocol_differences", "paper_table", "paper_row"]
