@@ -33,9 +33,9 @@ from torch import nn
 
 from bench_json import write_json
 from qagrel_cli.core.allocator import keep_freed_memory
-from qagrel_cli.core.config import Arch
+from qagrel_cli.core.config import CONV_DROPOUT, Arch
 from qagrel_cli.core.layers import LocallyConnected2d
-from qagrel_cli.core.models import CONV_DROPOUT, LAST_HIDDEN_DROPOUT, build_network
+from qagrel_cli.core.models import LAST_HIDDEN_DROPOUT, build_network
 from qagrel_cli.core.rules import bp_step, qagrel_step
 from qagrel_cli.core.trainer import describe_device
 

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape  # messages are plain text: 'qagrel[ray]' or a path with [..] is not markup
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from qagrel_cli.core.config import (Arch, Dataset, Feedback, Init, InputScaling, Optimizer, QagrelError, Rule,
-                                    TrainConfig, parse_seeds)
+from qagrel_cli.core.config import (CONV_DROPOUT, Arch, Dataset, Feedback, Init, InputScaling, Optimizer,
+                                    QagrelError, Rule, TrainConfig, parse_seeds)
 # Option choices only: these modules load torch and matplotlib lazily, when a command runs.
 from qagrel_cli.reports.console import report_console
 from qagrel_cli.reports.milestones import MilestoneFormat
@@ -169,6 +169,10 @@ def train(
         help="Network input: unit (pixels / 255, in [0, 1]: the literal reading) or standardize (then "
         "per-channel mean 0, SD 1 over the run's training split).", rich_help_panel=PROTOCOL_PANEL)
     ] = InputScaling.unit,
+    conv_dropout: Annotated[float, typer.Option(
+        help="Conv and loccon nets: the fraction of the strided conv layer's units silenced in training (the "
+        "paper's 0.8, the literal reading; 0.2 reads that 0.8 as the probability of keeping a unit).",
+        rich_help_panel=PROTOCOL_PANEL)] = CONV_DROPOUT,
     batch_size: Annotated[int, typer.Option(help="Trials per weight update (1 = per-trial learning).",
                                             rich_help_panel=RUN_PANEL)] = 100,
     max_epochs: Annotated[int, typer.Option(help="Stop after this many epochs at most.",
@@ -201,9 +205,9 @@ def train(
             raise QagrelError("give either --seed or --seeds, not both")
         config = TrainConfig(dataset=dataset, arch=arch, rule=rule, fc=fc, seed=seed or 0, lr=lr,
                              optimizer=optimizer, epsilon=epsilon, feedback=feedback, init=init,
-                             init_range=init_range, input_scaling=input_scaling, batch_size=batch_size,
-                             max_epochs=max_epochs, patience=patience, train_size=train_size, val_size=val_size,
-                             device=device)
+                             init_range=init_range, input_scaling=input_scaling, conv_dropout=conv_dropout,
+                             batch_size=batch_size, max_epochs=max_epochs, patience=patience, train_size=train_size,
+                             val_size=val_size, device=device)
         configs = [config] if seeds is None else [replace(config, seed=s) for s in parse_seeds(seeds)]
         run_dirs = run_folders(configs, out, packed=seeds is not None)
         summaries = train_runs(configs, run_dirs, data_dir=data_dir, download=download, quiet=quiet,
@@ -396,6 +400,11 @@ def table(
                                                     "this many epochs: where it would have stopped, replayed from "
                                                     "its log. Runs must have trained with at least this patience.",
                                                     rich_help_panel=TABLE_PANEL, show_default=False)] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(min=1, help="Read every run as if it had been stopped after "
+                                                      "at most this many epochs, replayed from its log, to set "
+                                                      "long runs beside short ones. Runs must have trained with "
+                                                      "at least this cap.", rich_help_panel=TABLE_PANEL,
+                                                      show_default=False)] = None,
     out: ReportOutOption = None,
 ) -> None:
     """Table 1 from finished runs: Epochs and Accuracy mean (SD) over seeds per row, in the paper's layout."""
@@ -408,7 +417,7 @@ def table(
         warn(results.warnings())
         result = build_table(results.runs, source=str(directory), epochs_at=epochs, accuracy_at=accuracy,
                              converged_above=converged_above, compare=compare is not None,
-                             patience=patience)
+                             patience=patience, max_epochs=max_epochs)
     except QagrelError as err:
         raise fail(str(err)) from None
     if out is None and fmt == TableFormat.rich:

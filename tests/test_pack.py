@@ -186,3 +186,7 @@ def test_bad_seed_lists_are_refused(text):
 def test_a_vmapped_pack_gives_the_logs_of_the_runs_one_by_one_under_other_readings(reading, data, tmp_path):
     # Standardised input: each member scales by its own training split's statistics (test images included).
     assert_pack_equals_one_by_one(tiny(arch="fc", **reading), tmp_path, data, "vmap", seeds=[0, 1])
+
+
+def test_a_vmapped_pack_gives_the_logs_of_the_runs_one_by_one_with_another_conv_dropout(data, tmp_path):
+    assert_pack_equals_one_by_one(tiny(conv_dropout=0.2), tmp_path, data, "vmap", seeds=[0, 1])

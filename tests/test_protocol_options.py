@@ -20,6 +20,7 @@ def test_the_defaults_are_the_literal_reading():
     config = TrainConfig()
     assert (config.input_scaling.value, config.init.value, config.optimizer.value) == ("unit", "uniform", "sgd")
     assert config.init_range == 0.02 and TrainConfig(arch="fc").init_range == 0.05
+    assert config.conv_dropout == 0.8
 
 
 @pytest.mark.parametrize("run_dir", sorted(p for p in (REPO / "results" / "smoke").iterdir() if p.is_dir()),
@@ -31,7 +32,8 @@ def test_runs_recorded_before_the_options_existed_keep_their_run_ids(run_dir):
 
 
 @pytest.mark.parametrize("reading", [{"input_scaling": "standardize"}, {"init": "he"},
-                                     {"rule": "bp", "optimizer": "adam"}, {"feedback": "fixed"}])
+                                     {"rule": "bp", "optimizer": "adam"}, {"feedback": "fixed"},
+                                     {"conv_dropout": 0.2}])
 def test_a_reading_other_than_the_default_changes_the_run_id(reading):
     base = TrainConfig(rule=reading.get("rule", "qagrel"))
     assert TrainConfig(**{"rule": base.rule, **reading}).run_id != base.run_id
@@ -51,6 +53,34 @@ def test_he_init_draws_each_layer_uniformly_within_sqrt_6_over_its_fan_in():
 def test_fan_in_counts_the_synapses_onto_one_unit():
     net = build_network(Arch.loccon, (500,), (3, 32, 32), 10)
     assert [layer.fan_in for layer in net.layers] == [3 * 3 * 3, 32 * 3 * 3, 32 * 15 * 15, 500]
+
+
+@pytest.mark.parametrize("arch", [Arch.conv, Arch.loccon])
+def test_conv_dropout_silences_that_fraction_after_the_strided_conv_layer_only(arch):
+    assert build_network(arch, (500,), (1, 28, 28), 10).dropout == [0.0, 0.8, 0.3]  # the paper's
+    assert build_network(arch, (500,), (1, 28, 28), 10, conv_dropout=0.2).dropout == [0.0, 0.2, 0.3]
+
+
+def test_a_run_builds_its_network_with_its_conv_dropout():
+    from qagrel_cli.core.data import Splits
+    from qagrel_cli.core.trainer import Trainer
+
+    images = torch.zeros((4, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.zeros(4, dtype=torch.long)
+    splits = Splits(images, labels, images, labels, images, labels, 10)
+    trainer = Trainer(TrainConfig(conv_dropout=0.2, device="cpu"), splits, torch.device("cpu"))
+    assert trainer.net.dropout == [0.0, 0.2, 0.3]
+
+
+def test_conv_dropout_on_a_fully_connected_net_is_refused():
+    with pytest.raises(QagrelError, match="conv_dropout applies to arch conv and loccon only"):
+        TrainConfig(arch="fc", conv_dropout=0.2)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, True, "0.2"])
+def test_a_conv_dropout_outside_0_to_1_is_refused(value):
+    with pytest.raises(QagrelError, match=r"conv_dropout must be a fraction in \[0, 1\)"):
+        TrainConfig(conv_dropout=value)
 
 
 def test_an_init_range_with_he_init_is_refused():

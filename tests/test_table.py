@@ -326,6 +326,29 @@ def test_cli_table_patience_says_it_replayed_early_stopping(tmp_path):
     assert "Early stopping replayed from each run's log with patience 1" in result.stdout
 
 
+def test_max_epochs_reads_each_run_as_if_it_had_been_capped_there(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.7, 0.65], patience=4)
+    fabricate_logged(tmp_path, 1, [0.5, 0.4, 0.8, 0.7, 0.7, 0.7], patience=4)
+    (row,) = table_of(tmp_path, max_epochs=3).rows
+    assert row.epochs.mean == 3.0 and row.accuracy.mean == pytest.approx(100 * (0.06 + 0.08) / 2)
+
+
+def test_a_run_read_with_a_lower_epoch_cap_joins_the_row_trained_with_that_cap(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55], max_epochs=3)
+    fabricate_logged(tmp_path, 1, [0.5, 0.6, 0.55, 0.7], max_epochs=10)
+    (row,) = table_of(tmp_path, max_epochs=3).rows
+    assert (row.finished, row.epochs.mean, row.accuracy.mean) == (2, 3.0, pytest.approx(6.0))
+
+
+def test_cli_table_max_epochs_says_it_replayed_early_stopping_with_that_cap(tmp_path):
+    fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.7], patience=2)
+    result = runner.invoke(app, ["table", str(tmp_path), "--patience", "1", "--max-epochs", "2",
+                                 "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert "| 2 (–) | 6.00 (–) |" in result.stdout
+    assert "Early stopping replayed from each run's log with patience 1 and at most 2 epochs" in result.stdout
+
+
 def test_accuracy_peak_is_the_highest_test_accuracy_of_any_epoch_of_the_run(tmp_path):
     fabricate_logged(tmp_path, 0, [0.5, 0.6, 0.55, 0.55], test_acc=[0.50, 0.58, 0.61, 0.57], patience=2)
     fabricate_logged(tmp_path, 1, [0.5, 0.6, 0.55, 0.55], test_acc=[0.50, 0.63, 0.59, 0.60], patience=2)
@@ -572,7 +595,7 @@ def test_compare_gives_no_paper_values_to_a_row_off_the_papers_protocol(tmp_path
 
 
 @pytest.mark.parametrize("reading", [{"input_scaling": "standardize"}, {"init": "he"},
-                                     {"rule": "bp", "optimizer": "adam"}])
+                                     {"rule": "bp", "optimizer": "adam"}, {"conv_dropout": 0.2}])
 def test_the_open_readings_of_the_paper_stay_comparable_with_it(tmp_path, reading):
     three_seeds(tmp_path, **reading)
     (row,) = table_of(tmp_path, compare=True).rows

@@ -77,6 +77,10 @@ _PAPER_LR: dict[tuple[Rule, str, str], float] = {
     (Rule.bp, "conv", "cifar"): 0.001,
 }
 
+# Section 3: "a dropout of 0.8 (i.e. 80% of the neurons in the layer were silent)" after the strided conv
+# layer. The literal reading and the default of `conv_dropout`; 0.2 reads the 0.8 as a keep probability.
+CONV_DROPOUT = 0.8
+
 DEFAULT_FC: dict[Arch, tuple[int, ...]] = {
     Arch.conv: (500,),
     Arch.loccon: (500,),
@@ -88,10 +92,10 @@ _NOT_IDENTITY = frozenset({"device"})
 # Fields added after runs were recorded: a config may lack them (they take their default), and they
 # enter the run id only when they differ from their default, so every run id recorded before them
 # stays valid. A stored config lacking any other field is damaged, not old.
-FIELDS_ADDED_LATER = ("input_scaling", "init")
+FIELDS_ADDED_LATER = ("input_scaling", "init", "conv_dropout")
 # The paper's open protocol choices (docs/reproduction.md). Their defaults are the literal reading;
 # any other value is a reading of the paper, and reports always show which.
-PROTOCOL_READINGS = ("input_scaling", "init", "optimizer")
+PROTOCOL_READINGS = ("input_scaling", "init", "optimizer", "conv_dropout")
 # The settings whose values are an Enum's; the declaration order is the paper's (its reading first).
 ENUM_FIELDS: dict[str, type[Enum]] = {"dataset": Dataset, "arch": Arch, "rule": Rule, "optimizer": Optimizer,
                                       "feedback": Feedback, "init": Init, "input_scaling": InputScaling}
@@ -162,6 +166,7 @@ class TrainConfig:
     init: Init = Init.uniform
     init_range: float | None = None
     input_scaling: InputScaling = InputScaling.unit
+    conv_dropout: float = CONV_DROPOUT
     batch_size: int = 100
     max_epochs: int = 500
     patience: int = 20
@@ -174,6 +179,9 @@ class TrainConfig:
         for name, rule in RULE_OF_SETTING.items():
             if self.rule != rule and getattr(self, name) != self.__dataclass_fields__[name].default:
                 raise QagrelError(f"{name} applies to rule {rule.value} only: {_WHY_ONE_RULE[name]}")
+        if self.arch == Arch.fc and self.conv_dropout != CONV_DROPOUT:
+            raise QagrelError("conv_dropout applies to arch conv and loccon only: a fully connected net has no "
+                              "strided conv layer")
         if self.init != Init.uniform and self.init_range is not None:
             raise QagrelError(f"init_range applies to init uniform only: init {self.init.value} sets its own scale")
         self._resolve()
@@ -213,6 +221,10 @@ class TrainConfig:
         if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) or not 0 <= self.epsilon <= 1:
             raise QagrelError(f"epsilon must be a number in [0, 1], got {self.epsilon!r}")
         object.__setattr__(self, "epsilon", float(self.epsilon))
+        if isinstance(self.conv_dropout, bool) or not isinstance(self.conv_dropout, (int, float)) \
+                or not 0 <= self.conv_dropout < 1:
+            raise QagrelError(f"conv_dropout must be a fraction in [0, 1), got {self.conv_dropout!r}")
+        object.__setattr__(self, "conv_dropout", float(self.conv_dropout))
         if not isinstance(self.device, str):
             raise QagrelError(f"device must be a string like auto, cpu or cuda:0, got {self.device!r}")
 
@@ -307,5 +319,5 @@ CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainC
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()  # every option's default (fc, lr, init_range: conv MNIST's)
 __all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
            "CONFIG_FIELDS", "DEFAULTS", "ENUM_FIELDS", "FIELDS_ADDED_LATER", "PROTOCOL_READINGS", "RULE_OF_SETTING",
-           "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "DEFAULT_FC", "DATASET_NAMES", "RULE_NAMES",
+           "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "CONV_DROPOUT", "DEFAULT_FC", "DATASET_NAMES", "RULE_NAMES",
            "ARCH_NAMES"]

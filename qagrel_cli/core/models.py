@@ -2,6 +2,7 @@
 
   conv:   conv32 3x3; conv32 3x3 str(2,2); drop.8; (full 1,000;) full500; drop.3; output
   loccon: loccon32 3x3; conv32 3x3 str(2,2); drop.8; (full 1,000;) full500; drop.3; output
+          (drop.8: `conv_dropout`, whose default is the paper's 0.8)
   fc:     full1500; full1000; full500; output          (MNIST only in Table 1)
 
 Hidden units are ReLU, the output units are linear (Q-values for Q-AGREL,
@@ -17,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qagrel_cli.core.config import Arch
+from qagrel_cli.core.config import CONV_DROPOUT, Arch
 from qagrel_cli.core.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, LocallyConnected2d
 
 CONV_CHANNELS = 32
-CONV_DROPOUT = 0.8  # after the strided conv layer
 LAST_HIDDEN_DROPOUT = 0.3
 
 
@@ -121,8 +121,9 @@ class QNetwork(nn.Module):
 
 
 def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, int],
-                  num_classes: int) -> QNetwork:
-    """Build `arch` for images of `input_shape` (C, H, W) with hidden fc sizes `fc`."""
+                  num_classes: int, conv_dropout: float = CONV_DROPOUT) -> QNetwork:
+    """Build `arch` for images of `input_shape` (C, H, W) with hidden fc sizes `fc`; `conv_dropout` is the
+    fraction of the strided conv layer's units silenced in training (conv and loccon only)."""
     channels, height, width = input_shape
     layers: list[FeedbackLayer] = []
     dropout: list[float] = []
@@ -137,7 +138,7 @@ def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, 
         # 3x3 stride 2 'same': padding 1 gives ceil(n / 2) outputs, 26 -> 13 and 30 -> 15.
         layers.append(FeedbackConv2d(CONV_CHANNELS, CONV_CHANNELS, 3, stride=2, padding=1))
         h2, w2 = (h1 - 1) // 2 + 1, (w1 - 1) // 2 + 1
-        dropout += [0.0, CONV_DROPOUT]
+        dropout += [0.0, conv_dropout]
         n_in = CONV_CHANNELS * h2 * w2
     for i, units in enumerate(fc):
         layers.append(FeedbackLinear(n_in, units))

@@ -131,7 +131,7 @@ class VmapPack:
         self.hidden_shapes = first.net.hidden_shapes(first.splits.input_shape)
         # The members' architecture holding the stacked tensors; functional_call gives it one member's slices.
         self.stacked = build_network(self.config.arch, self.config.fc, first.splits.input_shape,
-                                     first.splits.num_classes).to(self.device)
+                                     first.splits.num_classes, self.config.conv_dropout).to(self.device)
         self._member_forward = self._per_member(lambda net, x, noise: net(x, noise=noise))
         self._qagrel_learn = vmap(self._per_member(_qagrel_learn_tuple), in_dims=(0, 0, 0, 0, 0, None))
         self._bp_loss = vmap(_bp_loss_tuple)

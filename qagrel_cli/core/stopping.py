@@ -4,8 +4,8 @@ The paper stops a run "if for 20 consecutive times the validation accuracy had n
 best epoch is the first with the highest validation accuracy, and a run stops once `patience` epochs
 have passed without a strictly higher one, when it diverges, or at `max_epochs`. Training keeps this
 state epoch by epoch (`note_validation`, `should_stop`); `replay` runs the same rule over a finished
-run's log under another patience, which is exact for any patience up to the one the run trained with,
-since training itself never reads the patience.
+run's log under another patience or epoch cap, which is exact for any patience and cap up to the ones
+the run trained with, since training itself reads neither except to stop.
 """
 
 from __future__ import annotations
@@ -85,16 +85,21 @@ def replay(log: pd.DataFrame, config: TrainConfig, diverged: bool = False) -> Re
     return Replay(progress, False, rows[-1])
 
 
-def summary_under_patience(summary: dict[str, Any], log: pd.DataFrame, config: TrainConfig,
-                           patience: int) -> dict[str, Any]:
-    """A finished run's summary as if it had trained with `patience` (at most its own): the stopping
-    fields replayed from its log, the rest as recorded."""
-    if patience < 1:
-        raise QagrelError(f"patience must be at least 1, got {patience}")
-    if patience > config.patience:
-        raise QagrelError(f"{config.run_id} trained with patience {config.patience}; its log cannot show "
-                          f"patience {patience}")
-    shorter = replay(log, replace(config, patience=patience), diverged=bool(summary.get("diverged")))
+def summary_under_stopping(summary: dict[str, Any], log: pd.DataFrame, config: TrainConfig, *,
+                           patience: int | None = None, max_epochs: int | None = None) -> dict[str, Any]:
+    """A finished run's summary as if it had trained with `patience` and at most `max_epochs` epochs (each at
+    most its own; None keeps the run's): the stopping fields replayed from its log, the rest as recorded."""
+    limits = {"patience": patience, "max_epochs": max_epochs}
+    for name, value in limits.items():
+        if value is None:
+            continue
+        if value < 1:
+            raise QagrelError(f"{name} must be at least 1, got {value}")
+        if value > getattr(config, name):
+            raise QagrelError(f"{config.run_id} trained with {name} {getattr(config, name)}; its log cannot show "
+                              f"{name} {value}")
+    shorter = replay(log, replace(config, **{k: v for k, v in limits.items() if v is not None}),
+                     diverged=bool(summary.get("diverged")))
     diverged = bool(summary.get("diverged")) and shorter.progress.epoch == int(summary["stop_epoch"])
     return {**summary, **stopping_summary(shorter.progress, shorter.last, diverged, int(summary["num_classes"]))}
 
@@ -111,4 +116,4 @@ def stopping_summary(progress: RunProgress, last: dict[str, Any], diverged: bool
 
 
 __all__ = ["CONVERGED_RULE", "converged", "RunProgress", "note_validation", "should_stop", "Replay", "replay",
-           "summary_under_patience", "stopping_summary"]
+           "summary_under_stopping", "stopping_summary"]

@@ -80,7 +80,8 @@ class Trainer:
         self.splits, self.device = splits, device
         if device.type == "cpu":
             keep_freed_memory()  # process-wide: every step reuses the last step's memory (allocator.py)
-        self.net: QNetwork = build_network(config.arch, config.fc, splits.input_shape, splits.num_classes)
+        self.net: QNetwork = build_network(config.arch, config.fc, splits.input_shape, splits.num_classes,
+                                           config.conv_dropout)
         self.net.reset_weights(config.init_range, config.feedback == Feedback.symmetric,
                                torch.Generator().manual_seed(stream_seed(config.seed, "init")))
         self.net.to(device)

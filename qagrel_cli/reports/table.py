@@ -29,7 +29,7 @@ from typing import Any
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, PROTOCOL_READINGS, RULE_OF_SETTING,
                                     QagrelError, Rule, TrainConfig)
-from qagrel_cli.core.stopping import converged, summary_under_patience
+from qagrel_cli.core.stopping import converged, summary_under_stopping
 from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, readings_order, row_key,
                                      row_key_fields, table1_order)
 from qagrel_cli.sweeps.results import RunRecord
@@ -177,6 +177,7 @@ class ResultTable:
     compare: bool
     ratios: list[Ratio]
     patience: int | None = None  # early stopping replayed from the logs with this patience
+    max_epochs: int | None = None  # ... and this epoch cap
 
     def notes(self) -> list[str]:
         """The definitions printed under the table, in plain text."""
@@ -192,8 +193,11 @@ class ResultTable:
                  f"Seeds: converged/finished; * not every seed converged. Converged: finished without diverging "
                  f"and best validation accuracy >= {self.converged_above:g}x chance ({chance}).",
                  ]
-        if self.patience is not None:
-            notes.append(f"Early stopping replayed from each run's log with patience {self.patience}: where each "
+        replayed = [f"patience {self.patience}"] if self.patience is not None else []
+        if self.max_epochs is not None:
+            replayed.append(f"at most {self.max_epochs} epochs")
+        if replayed:
+            notes.append(f"Early stopping replayed from each run's log with {' and '.join(replayed)}: where each "
                          f"run would have stopped, and its best epoch up to there.")
         if self.unfinished:
             notes.append(f"{self.unfinished} unfinished run(s) left out (qagrel status lists them).")
@@ -219,17 +223,17 @@ class ResultTable:
 
 def build_table(records: list[RunRecord], *, source: str = "", epochs_at: EpochsAt = EpochsAt.stop,
                 accuracy_at: AccuracyAt = AccuracyAt.best, converged_above: float = 2.0,
-                compare: bool = False, patience: int | None = None) -> ResultTable:
-    """Group finished runs into Table 1 rows; unfinished ones are only counted. With `patience`, every run
-    is read as if it had trained with that patience (`with_patience`)."""
+                compare: bool = False, patience: int | None = None, max_epochs: int | None = None) -> ResultTable:
+    """Group finished runs into Table 1 rows; unfinished ones are only counted. With `patience` or
+    `max_epochs`, every run is read as if it had trained with them (`with_stopping`)."""
     if not converged_above > 0:
         raise QagrelError(f"--converged-above must be a positive multiple of chance, got {converged_above!r}")
     finished = [r for r in records if r.summary is not None]
     if not finished:
         raise QagrelError(f"{source or 'these runs'}: no finished runs yet ({len(records)} unfinished); "
                           "qagrel status shows where they are")
-    if patience is not None:
-        finished = [with_patience(r, patience) for r in finished]
+    if patience is not None or max_epochs is not None:
+        finished = [with_stopping(r, patience=patience, max_epochs=max_epochs) for r in finished]
     fields = row_key_fields(finished)
     groups: dict[RowKey, list[RunRecord]] = {}
     for record in finished:
@@ -249,7 +253,7 @@ def build_table(records: list[RunRecord], *, source: str = "", epochs_at: Epochs
                        converged_above=converged_above,
                        class_counts=tuple(sorted({int(r.summary["num_classes"]) for r in finished})),
                        compare=compare, ratios=epoch_ratios(rows, list(paper.values())) if compare else [],
-                       patience=patience)
+                       patience=patience, max_epochs=max_epochs)
 
 
 def accuracy_of(record: RunRecord, at: AccuracyAt) -> float:
@@ -268,13 +272,16 @@ def accuracy_of(record: RunRecord, at: AccuracyAt) -> float:
     return float(trained.max())
 
 
-def with_patience(record: RunRecord, patience: int) -> RunRecord:
-    """A finished run as if early stopping had used `patience` (at most the run's own): its summary's stopping
-    fields replayed from its log, its config carrying that patience, so it joins the rows trained with it."""
+def with_stopping(record: RunRecord, *, patience: int | None = None, max_epochs: int | None = None) -> RunRecord:
+    """A finished run as if early stopping had used `patience` and stopped by `max_epochs` (each at most the
+    run's own; None keeps it): its summary's stopping fields replayed from its log, its config carrying them,
+    so it joins the rows trained with them."""
     if not record.log_readable:
         raise QagrelError(f"{record.path}: its log cannot be read, so its early stopping cannot be replayed")
-    summary = summary_under_patience(record.summary, run_folder.read_log(record.path), record.config, patience)
-    return RunRecord(record.path, replace(record.config, patience=patience), summary)
+    summary = summary_under_stopping(record.summary, run_folder.read_log(record.path), record.config,
+                                     patience=patience, max_epochs=max_epochs)
+    limits = {k: v for k, v in {"patience": patience, "max_epochs": max_epochs}.items() if v is not None}
+    return RunRecord(record.path, replace(record.config, **limits), summary)
 
 
 def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:
@@ -348,4 +355,4 @@ def _paper_match(key: RowKey) -> tuple:
 
 
 __all__ = ["Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt", "Compare", "build_table",
-           "is_converged", "accuracy_of", "with_patience", "epoch_ratios", "protocol_differences", "paper_table", "paper_row"]
+           "is_converged", "accuracy_of", "with_stopping", "epoch_ratios", "protocol_differences", "paper_table", "paper_row"]
