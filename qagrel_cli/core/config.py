@@ -319,5 +319,5 @@ CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainC
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()  # every option's default (fc, lr, init_range: conv MNIST's)
 __all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
            "CONFIG_FIELDS", "DEFAULTS", "ENUM_FIELDS", "FIELDS_ADDED_LATER", "PROTOCOL_READINGS", "RULE_OF_SETTING",
-           "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "CONV_DROPOUT", "DEFAULT_FC", "DATASET_NAMES", "RULE_NAMES",
-           "ARCH_NAMES"]
+           "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "CONV_DROPOUT", "DEFAULT_FC", "DATASET_NAMES",
+           "RULE_NAMES", "ARCH_NAMES"]
