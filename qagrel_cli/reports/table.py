@@ -355,4 +355,5 @@ def _paper_match(key: RowKey) -> tuple:
 
 
 __all__ = ["Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt", "Compare", "build_table",
-           "is_converged", "accuracy_of", "with_stopping", "epoch_ratios", "protocol_differences", "paper_table", "paper_row"]
+           "is_converged", "accuracy_of", "with_stopping", "epoch_ratios", "protocol_differences", "paper_table",
+           "paper_row"]
