@@ -250,6 +250,10 @@ def sweep(
     workers: Annotated[int, typer.Option(min=1, help="Runs trained at once, one process each; CPU threads are "
                                          "divided among them, GPUs shared round the runs.",
                                          rich_help_panel=SWEEP_PANEL)] = 1,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads per local worker. Default: the "
+                                                   "machine's cores divided among the workers; give it when "
+                                                   "another sweep shares the machine.",
+                                                   rich_help_panel=SWEEP_PANEL, show_default=False)] = None,
     results: ResultsOption = Path("results"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the expanded runs and their state; write nothing.",
                                           rich_help_panel=SWEEP_PANEL)] = False,
@@ -298,7 +302,7 @@ def sweep(
             from qagrel_cli.sweeps.ray_executor import RayOptions
             ray = RayOptions(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, retries=retries)
         outcome = run_sweep(plan, results, workers=workers, data_dir=data_dir, download=download,
-                            retry_failed=retry_failed, console=console, pack=pack, ray=ray)
+                            retry_failed=retry_failed, console=console, pack=pack, ray=ray, threads=threads)
     except QagrelError as err:
         raise fail(str(err)) from None
     console.print(outcome.describe(), highlight=False, soft_wrap=True)

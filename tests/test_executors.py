@@ -25,6 +25,7 @@ from qagrel_cli.core.training import train
 from qagrel_cli.sweeps.jobs import make_jobs
 from qagrel_cli.core.run_folder import try_lock
 from qagrel_cli.sweeps.ledger import SweepOutcome
+from qagrel_cli.sweeps.local_executor import worker_threads
 from qagrel_cli.sweeps.orchestrator import run_sweep
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
@@ -124,6 +125,34 @@ def test_a_pack_member_another_process_holds_is_skipped_and_the_rest_trained(tmp
     assert (outcome.trained, outcome.locked) == ([free.name], [held.name]), output
     assert runs.read_summary(free) is not None
     assert sorted(p.name for p in held.iterdir()) == [runs.LOCK_FILE]
+
+
+# ------------------------------------------------------------ threads
+
+def test_workers_divide_the_cores_among_them_by_default(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert (worker_threads(1), worker_threads(3), worker_threads(16)) == (8, 2, 1)
+
+
+def test_threads_given_are_what_each_worker_gets(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert worker_threads(4, threads=1) == 1 and worker_threads(1, threads=3) == 3
+
+
+def test_a_sweep_with_threads_trains_each_run_with_that_many(tmp_path, data):
+    path = write_sweep(tmp_path, "tiny", {**TINY, "rule": "qagrel", "max_epochs": 1}, seeds=1)
+    outcome, output = sweep_with(path, tmp_path / "results", threads=3)
+    (run_id,) = outcome.trained
+    assert runs.read_summary(tmp_path / "results" / "tiny" / run_id)["device"].endswith(", 3 threads)"), output
+
+
+def test_threads_with_the_ray_executor_is_refused(tmp_path):
+    from qagrel_cli.sweeps.ray_executor import RayOptions
+
+    path = write_sweep(tmp_path, "tiny", TINY, seeds=1)
+    with pytest.raises(QagrelError, match="--threads is for local workers"):
+        sweep_with(path, tmp_path / "results", ray=RayOptions(), threads=2)
+    assert not (tmp_path / "results").exists()
 
 
 # ------------------------------------------------------------ Ray is optional

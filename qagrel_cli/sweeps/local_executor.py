@@ -49,13 +49,20 @@ class _Worker:
             self.report.close()
 
 
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """CPU threads each worker trains with: `threads` if given, else the machine's cores divided among the
+    workers (more threads than cores in all would make them wait on each other)."""
+    return threads if threads is not None else max(1, (os.cpu_count() or 1) // workers)
+
+
 def execute(root: Path, jobs: list[Job], workers: int, data_dir: Path, download: bool, outcome: SweepOutcome,
-            console: Console) -> None:
-    """Keep `workers` processes busy, one job each, until every job ran or the user interrupts."""
+            console: Console, threads: int | None = None) -> None:
+    """Keep `workers` processes busy, one job each, until every job ran or the user interrupts; each trains
+    with `worker_threads(workers, threads)` CPU threads."""
     import torch
 
     ctx = multiprocessing.get_context("spawn")  # fork after importing torch is unsafe
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(workers, threads)
     gpus = torch.cuda.device_count()
     gpu_load = [0] * gpus
     queue = list(jobs)

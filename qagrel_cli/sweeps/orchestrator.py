@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 
 def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path | None = None,
               download: bool = False, retry_failed: bool = False, console: Console | None = None,
-              pack: int | None = None, ray: "RayOptions | None" = None) -> SweepOutcome:
+              pack: int | None = None, ray: "RayOptions | None" = None, threads: int | None = None
+              ) -> SweepOutcome:
     """Train every unfinished run of `sweep`; resume partial runs, skip locked ones.
 
     Runs go to `workers` local processes, or with `ray` to Ray tasks (see
-    ray_executor.py). `pack` (default: the sweep file's `pack:`) trains up to
+    ray_executor.py). `threads`: CPU threads per local worker (default: the
+    cores divided among them). `pack` (default: the sweep file's `pack:`) trains up to
     that many runs that differ only in seed as one seed pack per worker.
     Ctrl-C and SIGTERM stop the workers at once (every finished epoch is
     already saved) and return with `interrupted` set.
@@ -42,6 +44,10 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
     console = console or Console(stderr=True)
     if workers < 1:
         raise QagrelError(f"--workers must be at least 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise QagrelError(f"--threads must be at least 1, got {threads}")
+    if threads is not None and ray is not None:
+        raise QagrelError("--threads is for local workers: a Ray task trains with --cpus-per-run threads")
     if ray is not None:
         from qagrel_cli.sweeps.ray_executor import preflight
         preflight(ray)  # no Ray installed, or no cluster at the address: one line, before anything is written
@@ -88,7 +94,7 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
             execute_on_ray(root, jobs, data_dir, download, outcome, console, ray)
         else:
             from qagrel_cli.sweeps.local_executor import execute as execute_locally
-            execute_locally(root, jobs, workers, data_dir, download, outcome, console)
+            execute_locally(root, jobs, workers, data_dir, download, outcome, console, threads)
     return outcome
 
 
