@@ -10,7 +10,7 @@ import pytest
 
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError, TrainConfig
-from qagrel_cli.core.stopping import replay, summary_under_stopping
+from qagrel_cli.core.stopping import replay, stopped_sooner, summary_under_stopping
 from qagrel_cli.sweeps.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +37,8 @@ def test_replay_with_a_runs_own_patience_reproduces_every_stopping_field_of_its_
     finished = [r for r in read_results(ROOT / "results" / study).runs if r.summary is not None]
     assert finished
     for record in finished:
-        replayed = summary_under_stopping(record.summary, run_folder.read_log(record.path), record.config,
-                                          patience=record.config.patience)
+        replayed = summary_under_stopping(record.summary, run_folder.read_log(record.path),
+                                          stopped_sooner(record.config, patience=record.config.patience))
         for field in STOPPING_FIELDS:
             ours, recorded = replayed[field], record.summary[field]
             assert ours == recorded or (isinstance(ours, float) and math.isclose(ours, recorded, rel_tol=1e-9)), \
@@ -73,13 +73,13 @@ def test_a_patience_longer_than_the_run_trained_with_is_refused():
     config = TrainConfig(patience=20)
     log = log_of([0.5, 0.6])
     with pytest.raises(QagrelError, match="trained with patience 20; its log cannot show patience 21"):
-        summary_under_stopping(summary_of(config, log), log, config, patience=21)
+        summary_under_stopping(summary_of(config, log), log, stopped_sooner(config, patience=21))
 
 
 def test_a_lower_epoch_cap_stops_there_with_the_best_epoch_up_to_it():
     config = TrainConfig(patience=5)
     log = log_of([0.5, 0.6, 0.55, 0.7, 0.65])
-    capped = summary_under_stopping(summary_of(config, log), log, config, max_epochs=3)
+    capped = summary_under_stopping(summary_of(config, log), log, stopped_sooner(config, max_epochs=3))
     assert (capped["stop_epoch"], capped["best_epoch"], capped["best_val_acc"]) == (3, 2, 0.6)
 
 
@@ -87,15 +87,15 @@ def test_an_epoch_cap_above_the_one_the_run_trained_with_is_refused():
     config = TrainConfig(max_epochs=4)
     log = log_of([0.5, 0.6, 0.7, 0.8])
     with pytest.raises(QagrelError, match="trained with max_epochs 4; its log cannot show max_epochs 5"):
-        summary_under_stopping(summary_of(config, log), log, config, max_epochs=5)
+        summary_under_stopping(summary_of(config, log), log, stopped_sooner(config, max_epochs=5))
 
 
 def test_a_run_that_diverged_is_diverged_under_a_shorter_patience_only_if_it_gets_as_far():
     config = TrainConfig(patience=5)
     log = log_of([0.5, 0.6, 0.4, 0.4, 0.1])  # diverged in its 5th epoch
     summary = summary_of(config, log, diverged=True)
-    assert summary_under_stopping(summary, log, config, patience=5)["diverged"]
-    shorter = summary_under_stopping(summary, log, config, patience=2)
+    assert summary_under_stopping(summary, log, stopped_sooner(config, patience=5))["diverged"]
+    shorter = summary_under_stopping(summary, log, stopped_sooner(config, patience=2))
     assert (shorter["diverged"], shorter["status"], shorter["stop_epoch"], shorter["converged"]) == \
         (False, "finished", 4, True)
     assert shorter["test_acc_at_stop"] == pytest.approx(0.04) and shorter["wall_seconds"] == 8.0

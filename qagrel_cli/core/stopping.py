@@ -85,21 +85,25 @@ def replay(log: pd.DataFrame, config: TrainConfig, diverged: bool = False) -> Re
     return Replay(progress, False, rows[-1])
 
 
-def summary_under_stopping(summary: dict[str, Any], log: pd.DataFrame, config: TrainConfig, *,
-                           patience: int | None = None, max_epochs: int | None = None) -> dict[str, Any]:
-    """A finished run's summary as if it had trained with `patience` and at most `max_epochs` epochs (each at
-    most its own; None keeps the run's): the stopping fields replayed from its log, the rest as recorded."""
-    limits = {"patience": patience, "max_epochs": max_epochs}
+def stopped_sooner(config: TrainConfig, *, patience: int | None = None, max_epochs: int | None = None
+                   ) -> TrainConfig:
+    """`config` with another `patience` or epoch cap `max_epochs` (None keeps its own), each at most its own:
+    the most that a run's log can show."""
+    limits = {name: value for name, value in {"patience": patience, "max_epochs": max_epochs}.items()
+              if value is not None}
     for name, value in limits.items():
-        if value is None:
-            continue
         if value < 1:
             raise QagrelError(f"{name} must be at least 1, got {value}")
         if value > getattr(config, name):
             raise QagrelError(f"{config.run_id} trained with {name} {getattr(config, name)}; its log cannot show "
                               f"{name} {value}")
-    shorter = replay(log, replace(config, **{k: v for k, v in limits.items() if v is not None}),
-                     diverged=bool(summary.get("diverged")))
+    return replace(config, **limits)
+
+
+def summary_under_stopping(summary: dict[str, Any], log: pd.DataFrame, sooner: TrainConfig) -> dict[str, Any]:
+    """A finished run's summary as if it had trained with the patience and epoch cap of `sooner` (from
+    `stopped_sooner`): the stopping fields replayed from its log, the rest as recorded."""
+    shorter = replay(log, sooner, diverged=bool(summary.get("diverged")))
     diverged = bool(summary.get("diverged")) and shorter.progress.epoch == int(summary["stop_epoch"])
     return {**summary, **stopping_summary(shorter.progress, shorter.last, diverged, int(summary["num_classes"]))}
 
@@ -116,4 +120,4 @@ def stopping_summary(progress: RunProgress, last: dict[str, Any], diverged: bool
 
 
 __all__ = ["CONVERGED_RULE", "converged", "RunProgress", "note_validation", "should_stop", "Replay", "replay",
-           "summary_under_stopping", "stopping_summary"]
+           "stopped_sooner", "summary_under_stopping", "stopping_summary"]

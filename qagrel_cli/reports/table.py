@@ -22,14 +22,14 @@ import importlib.resources
 import io
 import math
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, PROTOCOL_READINGS, RULE_OF_SETTING,
                                     QagrelError, Rule, TrainConfig)
-from qagrel_cli.core.stopping import converged, summary_under_stopping
+from qagrel_cli.core.stopping import converged, stopped_sooner, summary_under_stopping
 from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, readings_order, row_key,
                                      row_key_fields, table1_order)
 from qagrel_cli.sweeps.results import RunRecord
@@ -278,10 +278,9 @@ def with_stopping(record: RunRecord, *, patience: int | None = None, max_epochs:
     so it joins the rows trained with them."""
     if not record.log_readable:
         raise QagrelError(f"{record.path}: its log cannot be read, so its early stopping cannot be replayed")
-    summary = summary_under_stopping(record.summary, run_folder.read_log(record.path), record.config,
-                                     patience=patience, max_epochs=max_epochs)
-    limits = {k: v for k, v in {"patience": patience, "max_epochs": max_epochs}.items() if v is not None}
-    return RunRecord(record.path, replace(record.config, **limits), summary)
+    sooner = stopped_sooner(record.config, patience=patience, max_epochs=max_epochs)
+    return RunRecord(record.path, sooner, summary_under_stopping(record.summary, run_folder.read_log(record.path),
+                                                                 sooner))
 
 
 def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:
