@@ -294,7 +294,8 @@ def sweep(
             if estimate:
                 from qagrel_cli.reports.estimate import estimate_sweep, print_estimate, runs_left
                 left = runs_left(plan, results)
-                print_estimate(estimate_sweep(left, workers=workers, pack=pack or plan.pack), report_console(),
+                print_estimate(estimate_sweep(left, workers=workers, pack=pack or plan.pack, threads=threads),
+                               report_console(),
                                not_priced=len(plan.configs) - len(left))
             return
         ray = None

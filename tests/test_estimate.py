@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 
+import torch
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
@@ -109,3 +111,36 @@ def test_the_estimate_warns_when_the_machine_was_busy_while_timing(tmp_path, mon
         out = console.export_text()
         assert estimate.load == load
         assert ("warning: the machine was busy when timing began (load average 2.5" in out) == warned, out
+
+
+def test_the_workers_share_is_timed_with_the_threads_the_sweep_would_give_each_worker(tmp_path, monkeypatch):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    configs = list(load_sweep(path).configs)[:1]
+    timed_with = []
+    real_calibrate = estimate_module.calibrate
+    monkeypatch.setattr(estimate_module, "calibrate",
+                        lambda config, device: timed_with.append(torch.get_num_threads()) or real_calibrate(config, device))
+    before = torch.get_num_threads()
+    estimate = estimate_sweep(configs, workers=2, threads=3)  # --workers 2 --threads 3
+    assert timed_with == [before, 3] and estimate.shared_threads == 3
+    assert torch.get_num_threads() == before
+    console = Console(record=True, width=200)
+    print_estimate(estimate, console)
+    assert "local, --workers 2 (timed with 3 thread(s) per run)" in console.export_text()
+
+
+def test_without_threads_each_worker_is_timed_with_the_cores_divided_among_the_workers(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    estimate = estimate_sweep(list(load_sweep(path).configs)[:1], workers=2)
+    assert estimate.shared_threads == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_the_cli_estimate_takes_threads(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--estimate", "--workers", "2", "--threads", "3",
+                                 "--results", str(tmp_path / "results")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "local, --workers 2 (timed with 3 thread(s) per run)" in result.stdout

@@ -13,8 +13,8 @@ run's max_epochs), else max_epochs: early stopping ends most runs far sooner,
 so max_epochs is an upper bound, and the output says which was used.
 
 The executor choices it prices: one local worker (all cores to one run);
-`--workers N` (cores divided, timed again with that many threads, N runs at
-once); a seed pack of K (on CUDA one vmapped step of K members, timed; on a CPU
+`--workers N` (timed again with the threads each local worker gets:
+`--threads T`, else the cores divided among the N; N runs at once); a seed pack of K (on CUDA one vmapped step of K members, timed; on a CPU
 the pack runs its members one after another, qagrel_cli/core/packs.py, so it costs
 what one worker does); and Ray, which is the `--workers` figure divided by the
 number of such machines.
@@ -41,6 +41,7 @@ from qagrel_cli.core.trainer import EVAL_BATCH, Trainer, resolve_device
 from qagrel_cli.reports.rows import TABLE1_FIELDS, format_duration, row_key
 from qagrel_cli.reports.table import paper_table
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
+from qagrel_cli.sweeps.local_executor import worker_threads
 from qagrel_cli.sweeps.results import RunRecord
 from qagrel_cli.sweeps.sweep_file import Sweep
 
@@ -94,7 +95,8 @@ class SweepEstimate:
     workers: int
     pack: int
     device: str
-    threads: int
+    threads: int  # all threads: one worker's
+    shared_threads: int  # each of `workers` workers' threads (local_executor.worker_threads)
     load: float | None = None  # the 1-minute load average when timing began (None where the OS has none)
 
     @property
@@ -112,26 +114,31 @@ class SweepEstimate:
         return sum(n.runs * n.run_seconds_packed for n in self.networks)
 
 
-def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pack: int = 1) -> SweepEstimate:
-    """Time one calibration per distinct network of `configs` and price the sweep. Writes nothing."""
+def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pack: int = 1,
+                   threads: int | None = None) -> SweepEstimate:
+    """Time one calibration per distinct network of `configs` and price the sweep. Writes nothing.
+
+    `workers` runs at once (default: one per core), each with `threads` CPU threads (default: the cores
+    divided among them), as `qagrel sweep --workers N --threads T` would train them."""
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before our own timing adds to it
     workers = workers if workers and workers > 1 else max(1, cores)
+    shared_threads = worker_threads(workers, threads)
     groups: dict[tuple, list[TrainConfig]] = {}
     for config in configs:
         resolved = config.to_dict()
         groups.setdefault(tuple(str(resolved[f]) for f in STEP_FIELDS), []).append(config)
-    threads = torch.get_num_threads()
+    all_threads = torch.get_num_threads()
     networks = []
     try:
         for runs in groups.values():
             first = runs[0]
             device = resolve_device(first.device)
-            torch.set_num_threads(threads)
+            torch.set_num_threads(all_threads)
             alone = calibrate(first, device)
-            torch.set_num_threads(max(1, threads // workers))
+            torch.set_num_threads(shared_threads)
             shared = calibrate(first, device) if workers > 1 else alone
-            torch.set_num_threads(threads)
+            torch.set_num_threads(all_threads)
             packed = calibrate_pack(first, device, pack) if pack > 1 and device.type == "cuda" else None
             if pack > 1 and device.type != "cuda":
                 packed = alone  # a CPU pack trains its members one after another (core/packs.py's loop strategy)
@@ -145,9 +152,9 @@ def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pa
                 run_seconds_packed=(None if packed is None else
                                     sum(run_seconds(c, packed, e) for c, (e, _) in zip(runs, epochs)) / len(runs))))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(all_threads)
     device = str(resolve_device(configs[0].device)) if configs else "cpu"
-    return SweepEstimate(networks, workers, pack, device, threads, load)
+    return SweepEstimate(networks, workers, pack, device, all_threads, shared_threads, load)
 
 
 def runs_left(sweep: Sweep, results: Path) -> list[TrainConfig]:
@@ -262,7 +269,7 @@ def print_estimate(estimate: SweepEstimate, console: Console, *, not_priced: int
     choices.add_column("compute time", justify="right")
     choices.add_row("local, 1 worker (all cores to one run)", format_duration(estimate.sequential))
     if estimate.workers > 1:
-        choices.add_row(f"local, --workers {estimate.workers} (timed with {max(1, estimate.threads // estimate.workers)}"
+        choices.add_row(f"local, --workers {estimate.workers} (timed with {estimate.shared_threads}"
                         " thread(s) per run)", format_duration(estimate.parallel))
     if estimate.packed is not None:
         how = "vmapped, timed" if estimate.device.startswith("cuda") else "on a CPU members run one after another"
