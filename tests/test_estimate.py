@@ -144,3 +144,19 @@ def test_the_cli_estimate_takes_threads(tmp_path):
                                  "--results", str(tmp_path / "results")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "local, --workers 2 (timed with 3 thread(s) per run)" in result.stdout
+
+
+def test_with_workers_each_row_also_gives_one_workers_epoch_and_run_as_status_times_measures_them(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    estimate = estimate_sweep(list(load_sweep(path).configs), workers=2)
+    console = Console(record=True, width=250)
+    print_estimate(estimate, console)
+    out = console.export_text()
+    assert "Epoch, 1 of 2" in out and "Run, 1 of 2" in out
+    rows = [line for line in out.splitlines() if line.startswith("│ MNIST")]
+    for row, n in zip(rows, estimate.networks):
+        cells = [cell.strip() for cell in row.strip("│").split("│")]
+        assert cells[-2:] == [format_duration(n.run_seconds_shared / n.epochs), format_duration(n.run_seconds_shared)]
+        assert cells[-5:-2] == [format_duration(n.run_seconds / n.epochs), format_duration(n.run_seconds),
+                                format_duration(2 * n.run_seconds)]

@@ -251,18 +251,26 @@ def print_estimate(estimate: SweepEstimate, console: Console, *, not_priced: int
                       highlight=False)
         return
     table = Table(title=f"expected compute time on this machine ({estimate.device}, {estimate.threads} threads)")
-    for header in ("Dataset", "1st layer", "fc", "Rule", "Runs", "Epochs/run", "Step", "Epoch", "Run", "All runs"):
+    shared = estimate.workers > 1  # also what one of the workers takes: `qagrel status --times` measures that
+    headers = ["Dataset", "1st layer", "fc", "Rule", "Runs", "Epochs/run", "Step", "Epoch", "Run", "All runs"]
+    if shared:
+        headers += [f"Epoch, 1 of {estimate.workers}", f"Run, 1 of {estimate.workers}"]
+    for header in headers:
         table.add_column(header, justify="right" if header not in ("Dataset", "1st layer", "Rule") else "left")
     for n in estimate.networks:
         c = n.config
-        epoch = n.run_seconds / n.epochs if n.epochs else 0.0
-        table.add_row(DATASET_NAMES.get(c.dataset.value, c.dataset.value), ARCH_NAMES.get(c.arch.value, c.arch.value),
-                      ",".join(map(str, c.fc)), RULE_NAMES.get(c.rule.value, c.rule.value), str(n.runs),
-                      f"{n.epochs:.0f} ({n.epochs_source})", f"{1000 * n.cost.step:.1f} ms",
-                      format_duration(epoch), format_duration(n.run_seconds), format_duration(n.runs * n.run_seconds))
+        epochs = n.epochs or math.inf  # a network of 0 epochs costs 0 s per epoch
+        cells = [DATASET_NAMES.get(c.dataset.value, c.dataset.value), ARCH_NAMES.get(c.arch.value, c.arch.value),
+                 ",".join(map(str, c.fc)), RULE_NAMES.get(c.rule.value, c.rule.value), str(n.runs),
+                 f"{n.epochs:.0f} ({n.epochs_source})", f"{1000 * n.cost.step:.1f} ms",
+                 format_duration(n.run_seconds / epochs), format_duration(n.run_seconds),
+                 format_duration(n.runs * n.run_seconds)]
+        if shared:
+            cells += [format_duration(n.run_seconds_shared / epochs), format_duration(n.run_seconds_shared)]
+        table.add_row(*cells)
     table.add_section()
     table.add_row("total", "", "", "", str(sum(n.runs for n in estimate.networks)), "", "", "", "",
-                  format_duration(estimate.sequential))
+                  format_duration(estimate.sequential), *([""] * (len(headers) - 10)))
     console.print(table)
     choices = Table(title="the whole sweep", show_header=True)
     choices.add_column("executor")
