@@ -27,7 +27,7 @@ from qagrel_cli.sweeps.results import RunRecord
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
-COMPLETE_STUDIES = ["bp-step", "feedback", "patience", "protocol", "smoke"]
+COMPLETE_STUDIES = ["bp-step", "dropout", "feedback", "patience", "protocol", "smoke"]
 IN_PROGRESS = "table1-cpu"  # the study whose progress README and reproduction.md count in words
 PROGRESS_WORDS = re.compile(r"(\d+) of (\d+) runs are (?:in|finished)")
 runner = CliRunner()
