@@ -13,11 +13,11 @@ run's max_epochs), else max_epochs: early stopping ends most runs far sooner,
 so max_epochs is an upper bound, and the output says which was used.
 
 The executor choices it prices: one local worker (all cores to one run);
-`--workers N` (timed again with the threads each local worker gets:
-`--threads T`, else the cores divided among the N; N runs at once); a seed pack of K (on CUDA one vmapped step of K members, timed; on a CPU
-the pack runs its members one after another, qagrel_cli/core/packs.py, so it costs
-what one worker does); and Ray, which is the `--workers` figure divided by the
-number of such machines.
+`--workers N` (timed again with the threads each local worker gets: `--threads T`,
+else the cores divided among the N; N runs at once); a seed pack of K (on CUDA
+one vmapped step of K members, timed; on a CPU the pack runs its members one
+after another, qagrel_cli/core/packs.py, so it costs what one worker does); and
+Ray, which is the `--workers` figure divided by the number of such machines.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class SweepEstimate:
     workers: int
     pack: int
     device: str
-    threads: int  # all threads: one worker's
+    threads: int  # the one-worker timing's threads: all of them
     shared_threads: int  # each of `workers` workers' threads (local_executor.worker_threads)
     load: float | None = None  # the 1-minute load average when timing began (None where the OS has none)
 
@@ -269,8 +269,9 @@ def print_estimate(estimate: SweepEstimate, console: Console, *, not_priced: int
             cells += [format_duration(n.run_seconds_shared / epochs), format_duration(n.run_seconds_shared)]
         table.add_row(*cells)
     table.add_section()
-    table.add_row("total", "", "", "", str(sum(n.runs for n in estimate.networks)), "", "", "", "",
-                  format_duration(estimate.sequential), *([""] * (len(headers) - 10)))
+    total = ["total", "", "", "", str(sum(n.runs for n in estimate.networks)), "", "", "", "",
+             format_duration(estimate.sequential)]
+    table.add_row(*total, *[""] * (len(headers) - len(total)))
     console.print(table)
     choices = Table(title="the whole sweep", show_header=True)
     choices.add_column("executor")
