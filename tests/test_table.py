@@ -433,8 +433,21 @@ def test_cli_status_times_gives_the_done_runs_training_time_per_epoch_per_run_an
     result = runner.invoke(app, ["status", str(tmp_path), "--times"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if "Q-AGREL" in line)
-    # 1800 s over 40 epochs; 2 runs; in all
-    assert [c.strip() for c in row.split("│")[-4:-1]] == ["45.0 s", "15.0 min", "30.0 min"]
+    # 1800 s over 40 epochs; no logged epochs to take a median of; 2 runs; in all
+    assert [c.strip() for c in row.split("│")[-5:-1]] == ["45.0 s", "–", "15.0 min", "30.0 min"]
+
+
+def test_cli_status_times_gives_the_median_epoch_which_a_paused_epoch_does_not_move(tmp_path):
+    for seed, epoch_seconds in enumerate([[20.0, 21.0, 3600.0], [22.0, 19.0, 20.5]]):  # seed 0 paused an hour
+        run_dir = fabricate_logged(tmp_path, seed, [0.5, 0.6, 0.7])
+        log = runs.read_log(run_dir)
+        runs.write_log(run_dir, log.assign(epoch_seconds=epoch_seconds))
+        runs.write_summary(run_dir, {**runs.read_summary(run_dir), "wall_seconds": sum(epoch_seconds)})
+    result = runner.invoke(app, ["status", str(tmp_path), "--times"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "Q-AGREL" in line)
+    # the mean epoch carries the pause (3702.5 s / 6); the median of 19, 20, 20.5, 21, 22, 3600 does not
+    assert [c.strip() for c in row.split("│")[-5:-3]] == ["10.3 min", "20.8 s"]
 
 
 def test_cli_status_times_names_the_machines_the_times_were_measured_on(tmp_path):
@@ -466,9 +479,9 @@ def test_cli_status_as_markdown_gives_each_row_its_counts_and_times_and_the_tota
     lines = result.stdout.splitlines()
     row = next(line for line in lines if line.startswith("| MNIST | Q-AGREL |"))
     # done, running, failed, damaged, pending, total, then the two done runs' 1800 s over 40 epochs
-    assert row.split(" | ")[-9:] == ["2", "0", "0", "0", "1", "3", "45.0 s", "15.0 min", "30.0 min |"]
+    assert row.split(" | ")[-10:] == ["2", "0", "0", "0", "1", "3", "45.0 s", "–", "15.0 min", "30.0 min |"]
     assert next(line for line in lines if line.startswith("| **total** |")).endswith(
-        "| **2** | **0** | **0** | **0** | **1** | **3** | **45.0 s** | **15.0 min** | **30.0 min** |")
+        "| **2** | **0** | **0** | **0** | **1** | **3** | **45.0 s** | **–** | **15.0 min** | **30.0 min** |")
     assert "- times measured on cpu (AMD EPYC, AVX2, 1 thread): 2 runs." in lines
 
 

@@ -7,6 +7,7 @@ and waiting for the next sweep) with where each stands against early stopping, r
 from __future__ import annotations
 
 import json
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
@@ -31,8 +32,9 @@ from qagrel_cli.sweeps.sweep_file import Sweep
 _COUNT_HEADERS = {"done": "done", "running": "run", "failed": "fail", "damaged": "dmg", "pending": "pend",
                   "total": "all"}
 # The measured time columns: the done runs' training time (their epochs' wall time, summed) per epoch,
-# per run and in all, to set beside `qagrel sweep --dry-run --estimate`.
-_TIME_HEADERS = {"time/epoch": "t/ep", "time/run": "t/run", "time": "time"}
+# per run and in all, to set beside `qagrel sweep --dry-run --estimate`; and the median epoch, which an
+# epoch slowed by a paused worker or a third process on the cores does not move.
+_TIME_HEADERS = {"time/epoch": "t/ep", "median epoch": "med ep", "time/run": "t/run", "time": "time"}
 
 
 def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
@@ -93,6 +95,7 @@ def status_report(root: Path, *, times: bool = False) -> StatusReport:
     rows: dict[RowKey, Counter] = {}
     totals: Counter = Counter()
     spent_by_row: dict[RowKey, list[tuple[float, int]]] = {}  # (seconds, epochs) of each done run
+    epochs_by_row: dict[RowKey, list[float]] = {}  # the seconds of every logged epoch of the done runs
     timed_on: Counter = Counter()  # the device each timed run names: times from different machines differ
     failures: list[tuple[Path, str]] = []
     in_progress: list[tuple[Path, RunStatus, InProgress | None]] = []
@@ -110,19 +113,21 @@ def status_report(root: Path, *, times: bool = False) -> StatusReport:
             spent_by_row.setdefault(key, []).append((float(record.summary["wall_seconds"]),
                                                      int(record.summary["stop_epoch"])))
             timed_on[str(record.summary.get("device", "unknown device"))] += 1
+            epochs_by_row.setdefault(key, []).extend(_epoch_seconds(record.path) if record.log_readable else [])
         if state == RunStatus.failed:
             lines = (record.path / ERROR_FILE).read_text(errors="replace").strip().splitlines() or ["(empty)"]
             failures.append((record.path, lines[-1]))
     totals[RunStatus.damaged] += len(results.damaged_runs())
 
-    def numbers(c: Counter, spent: list[tuple[float, int]]) -> list[str]:
+    def numbers(c: Counter, spent: list[tuple[float, int]], epoch_seconds: list[float]) -> list[str]:
         seconds, epochs = sum(s for s, _ in spent), sum(e for _, e in spent)
         counts = [str(c[RunStatus.done]), str(c[RunStatus.running]), str(c[RunStatus.failed]),
                   str(c[RunStatus.damaged]), str(c[RunStatus.partial] + c[RunStatus.pending]), str(sum(c.values()))]
         if not times:
             return counts
-        return counts + ([format_duration(seconds / epochs) if epochs else "–", format_duration(seconds / len(spent)),
-                          format_duration(seconds)] if spent else ["–"] * 3)
+        median = format_duration(statistics.median(epoch_seconds)) if epoch_seconds else "–"
+        return counts + ([format_duration(seconds / epochs) if epochs else "–", median,
+                          format_duration(seconds / len(spent)), format_duration(seconds)] if spent else ["–"] * 4)
 
     named = ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in fields[5:]]]
     every_done_run = [spent for row_spent in spent_by_row.values() for spent in row_spent]
@@ -130,11 +135,21 @@ def status_report(root: Path, *, times: bool = False) -> StatusReport:
         title=f"{root}: {len(records)} runs",
         caption=f"pending includes {totals[RunStatus.partial]} partial run(s), resumed by the next sweep",
         headers=[*named, *_COUNT_HEADERS, *(_TIME_HEADERS if times else [])], named_by=len(named),
-        rows=[[*key.cells(), *numbers(rows[key], spent_by_row.get(key, []))]
+        rows=[[*key.cells(), *numbers(rows[key], spent_by_row.get(key, []), epochs_by_row.get(key, []))]
               for key in sorted(rows, key=lambda k: k.sort_key)],
-        total=["total", *[""] * (len(named) - 1), *numbers(totals, every_done_run)],
+        total=["total", *[""] * (len(named) - 1),
+               *numbers(totals, every_done_run, [s for row_seconds in epochs_by_row.values() for s in row_seconds])],
         timed_on=timed_on.most_common() if times else [], in_progress=sorted(in_progress, key=lambda r: r[0].name),
         warnings=results.warnings(), failures=failures)
+
+
+def _epoch_seconds(run_dir: Path) -> list[float]:
+    """The wall time of each logged epoch of a run; none where it has no log or the log cannot be read (the
+    summary's total still counts)."""
+    try:
+        return one_row_per_epoch(read_log(run_dir))["epoch_seconds"].astype(float).tolist()
+    except DamagedFile:
+        return []
 
 
 def print_status(report: StatusReport, console: Console) -> None:
