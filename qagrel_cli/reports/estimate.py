@@ -124,14 +124,10 @@ def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pa
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before our own timing adds to it
     workers = workers if workers and workers > 1 else max(1, cores)
     shared_threads = worker_threads(workers, threads)
-    groups: dict[tuple, list[TrainConfig]] = {}
-    for config in configs:
-        resolved = config.to_dict()
-        groups.setdefault(tuple(str(resolved[f]) for f in STEP_FIELDS), []).append(config)
     all_threads = torch.get_num_threads()
     networks = []
     try:
-        for runs in groups.values():
+        for runs in distinct_networks(configs):
             first = runs[0]
             device = resolve_device(first.device)
             torch.set_num_threads(all_threads)
@@ -155,6 +151,15 @@ def estimate_sweep(configs: list[TrainConfig], *, workers: int | None = None, pa
         torch.set_num_threads(all_threads)
     device = str(resolve_device(configs[0].device)) if configs else "cpu"
     return SweepEstimate(networks, workers, pack, device, all_threads, shared_threads, load)
+
+
+def distinct_networks(configs: list[TrainConfig]) -> list[list[TrainConfig]]:
+    """`configs` grouped by network (STEP_FIELDS: what sets the cost of a step), in order of first appearance."""
+    groups: dict[tuple, list[TrainConfig]] = {}
+    for config in configs:
+        resolved = config.to_dict()
+        groups.setdefault(tuple(str(resolved[f]) for f in STEP_FIELDS), []).append(config)
+    return list(groups.values())
 
 
 def runs_left(sweep: Sweep, results: Path) -> list[TrainConfig]:
@@ -195,13 +200,20 @@ def fake_splits(config: TrainConfig, n: int, device: torch.device, seed: int = 0
     return Splits(images, labels, images, labels, images, labels, num_classes=classes)
 
 
-def calibrate(config: TrainConfig, device: torch.device) -> Cost:
-    """Time a training step and the evaluation of one image for `config`'s network on `device`."""
+def step_on_random_images(config: TrainConfig, device: torch.device) -> tuple[Trainer, Callable[[], object]]:
+    """A trainer of `config`'s network on random images (fake_splits: EVAL_IMAGES or a batch of each split,
+    whichever is more), and one training step on its first batch, to call again and again."""
     n = max(config.batch_size, EVAL_IMAGES)
     trainer = Trainer(config, fake_splits(config, n, device), device)
     x, y = trainer.scale(trainer.splits.train_x[:config.batch_size]), trainer.splits.train_y[:config.batch_size]
     trainer.net.train()
-    step = _seconds_per_call(lambda: trainer.step(x, y), device)
+    return trainer, lambda: trainer.step(x, y)
+
+
+def calibrate(config: TrainConfig, device: torch.device) -> Cost:
+    """Time a training step and the evaluation of one image for `config`'s network on `device`."""
+    trainer, step_once = step_on_random_images(config, device)
+    step = _seconds_per_call(step_once, device)
     images, labels = trainer.splits.test_x[:EVAL_IMAGES], trainer.splits.test_y[:EVAL_IMAGES]
     evaluate = _seconds_per_call(lambda: trainer.accuracy(images, labels), device)
     return Cost(step, evaluate / EVAL_IMAGES)
@@ -299,4 +311,5 @@ def print_estimate(estimate: SweepEstimate, console: Console, *, not_priced: int
 
 
 __all__ = ["estimate_sweep", "runs_left", "print_estimate", "SweepEstimate", "NetworkEstimate", "Cost", "calibrate",
-           "calibrate_pack", "expected_epochs", "run_seconds", "fake_splits"]
+           "calibrate_pack", "expected_epochs", "run_seconds", "fake_splits", "distinct_networks",
+           "step_on_random_images"]
