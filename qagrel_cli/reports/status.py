@@ -113,7 +113,8 @@ def status_report(root: Path, *, times: bool = False) -> StatusReport:
             spent_by_row.setdefault(key, []).append((float(record.summary["wall_seconds"]),
                                                      int(record.summary["stop_epoch"])))
             timed_on[str(record.summary.get("device", "unknown device"))] += 1
-            epochs_by_row.setdefault(key, []).extend(_epoch_seconds(record.path) if record.log_readable else [])
+            if times and record.log_readable:  # a log read per done run: only when the times are asked for
+                epochs_by_row.setdefault(key, []).extend(_epoch_seconds(record.path))
         if state == RunStatus.failed:
             lines = (record.path / ERROR_FILE).read_text(errors="replace").strip().splitlines() or ["(empty)"]
             failures.append((record.path, lines[-1]))
