@@ -79,10 +79,13 @@ def test_run_stops_the_sweep_at_its_deadline_and_archives_no_unfinished_run(tmp_
     monkeypatch.setattr(gpu_sweep, "ARCHIVE_RESERVE_SECONDS", 0)
     monkeypatch.setattr(gpu_sweep, "STOP_GRACE_SECONDS", 20)
     sweep_file = tmp_path / "long.yaml"
+    # A conv net's 500 epochs take far longer than the deadline, and 30 s lets the run start even on a busy
+    # machine (its worker imports torch and loads the data first).
     sweep_file.write_text(yaml.safe_dump({**TINY, "name": "long", "seeds": 1,
-                                          "grid": {**TINY["grid"], "max_epochs": 500, "patience": 500}}))
+                                          "grid": {**TINY["grid"], "arch": "conv", "fc": "500", "max_epochs": 500,
+                                                   "patience": 500}}))
     report = gpu_sweep.run(sweep_file, data_dir=mnist_dir, results=tmp_path / "results", out=tmp_path / "out",
-                           seconds=gpu_sweep.STOP_GRACE_SECONDS + 8, workers=1, pack=1)
+                           seconds=gpu_sweep.STOP_GRACE_SECONDS + 30, workers=1, pack=1)
     assert report["stopped_at_deadline"] and report["runs_finished"] == 0 and report["runs_left"] == 1
     assert archived_runs(tmp_path / "out" / gpu_sweep.ARCHIVE) == {}
     (run_dir,) = (tmp_path / "results" / "long").glob("mnist-*")
