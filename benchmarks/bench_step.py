@@ -33,7 +33,7 @@ from torch import nn
 
 from bench_json import write_json
 from qagrel_cli.core.allocator import keep_freed_memory
-from qagrel_cli.core.config import CONV_DROPOUT, Arch
+from qagrel_cli.core.config import CONV_DROPOUT, Arch, Init
 from qagrel_cli.core.layers import LocallyConnected2d
 from qagrel_cli.core.models import LAST_HIDDEN_DROPOUT, build_network
 from qagrel_cli.core.rules import bp_step, qagrel_step
@@ -113,7 +113,7 @@ def main() -> None:
                 plain_opt.step()
 
             net = build_network(arch, (500,), shape, 10)
-            net.reset_weights(0.02, True, torch.Generator().manual_seed(0))
+            net.reset_weights(Init.uniform, 0.02, True, torch.Generator().manual_seed(0))
             net.to(device).train()
             opt = torch.optim.SGD(net.parameters(), lr=0.01)
             times = time_steps({

@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.markup import escape  # messages are plain text: 'qagrel[ray]' or a path with [..] is not markup
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from qagrel_cli.core.config import (CONV_DROPOUT, Arch, Dataset, Feedback, Init, InputScaling, Optimizer,
-                                    QagrelError, Rule, TrainConfig, parse_seeds)
+from qagrel_cli.core.config import (Arch, Dataset, Feedback, Init, InputScaling, Optimizer, Padding, QagrelError, Rule,
+                                    TrainConfig, Validation, parse_seeds)
+from qagrel_cli.core.recipes import Recipe, with_recipe
 # Option choices only: these modules load torch and matplotlib lazily, when a command runs.
 from qagrel_cli.reports.console import report_console
 from qagrel_cli.reports.milestones import MilestoneFormat
@@ -151,34 +152,64 @@ def train(
     lr: Annotated[Optional[float], typer.Option(
         help="Learning rate alpha. Default: Table 1's value for this rule, architecture and dataset.",
         rich_help_panel=RULE_PANEL, show_default=False)] = None,
-    optimizer: Annotated[Optimizer, typer.Option(help="BP only: plain SGD (the literal reading) or Adam.",
-                                                 rich_help_panel=PROTOCOL_PANEL)] = Optimizer.sgd,
+    recipe: Annotated[Optional[Recipe], typer.Option(
+        help="A named set of the options below: paper (section 3 as written, the default) or brainprop (the "
+        "authors' later code: batch norm, dropout 0.3, same padding, normal init, batch 128, alpha 0.1 halved "
+        "every 100 epochs, patience 45, min-delta 0.001, test set as validation set). Options given beside it "
+        "win; the run records the values.", rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
+    optimizer: Annotated[Optional[Optimizer], typer.Option(
+        help="BP only: plain SGD (the literal reading) or Adam. Default: sgd.", rich_help_panel=PROTOCOL_PANEL,
+        show_default=False)] = None,
     epsilon: Annotated[float, typer.Option(help="Q-AGREL exploration: probability of a Boltzmann draw instead "
                                            "of the argmax.", rich_help_panel=RULE_PANEL)] = 0.02,
     feedback: Annotated[Feedback, typer.Option(help="Q-AGREL feedback weights W': symmetric (W' = W at start, "
                                                "the paper), random (drawn apart from W, then changed as W is) or "
                                                "fixed (drawn apart from W, never changed).",
                                                rich_help_panel=RULE_PANEL)] = Feedback.symmetric,
-    init: Annotated[Init, typer.Option(help="Initial weights: uniform in [-r, r] (the paper; r is --init-range) "
-                                       "or he (uniform in ±sqrt(6 / fan-in) per layer).",
-                                       rich_help_panel=PROTOCOL_PANEL)] = Init.uniform,
+    init: Annotated[Optional[Init], typer.Option(
+        help="Initial weights: uniform in [-r, r] (the paper; r is --init-range), he (uniform in ±sqrt(6 / "
+        "fan-in) per layer) or normal (N(0, SD²); SD is --init-sd). Default: uniform.",
+        rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
     init_range: Annotated[Optional[float], typer.Option(
         help="With --init uniform: weights start in [-r, r]. Default: 0.02 (conv/loccon), 0.05 (fc).",
         rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
+    init_sd: Annotated[Optional[float], typer.Option(
+        help="With --init normal: the weights' SD. Default: 0.005 (conv/loccon), 0.01 (fc), the authors' later "
+        "code's.", rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
     input_scaling: Annotated[InputScaling, typer.Option(
         help="Network input: unit (pixels / 255, in [0, 1]: the literal reading) or standardize (then "
         "per-channel mean 0, SD 1 over the run's training split).", rich_help_panel=PROTOCOL_PANEL)
     ] = InputScaling.unit,
-    conv_dropout: Annotated[float, typer.Option(
+    conv_dropout: Annotated[Optional[float], typer.Option(
         help="Conv and loccon nets: the fraction of the strided conv layer's units silenced in training (the "
-        "paper's 0.8, the literal reading; 0.2 reads that 0.8 as the probability of keeping a unit).",
-        rich_help_panel=PROTOCOL_PANEL)] = CONV_DROPOUT,
-    batch_size: Annotated[int, typer.Option(help="Trials per weight update (1 = per-trial learning).",
-                                            rich_help_panel=RUN_PANEL)] = 100,
+        "paper's 0.8, the literal reading and the default; 0.2 reads that 0.8 as the probability of keeping a "
+        "unit).", rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
+    batch_norm: Annotated[Optional[bool], typer.Option(
+        "--batch-norm/--no-batch-norm", help="Conv and loccon nets: batch normalisation after the ReLU of both "
+        "conv/loccon layers, with a learned scale and shift. Default: off (the paper).",
+        rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
+    padding: Annotated[Optional[Padding], typer.Option(
+        help="Conv and loccon nets: the first layer's padding, valid (the paper's: Table 1's hidden units, the "
+        "default) or same (zero padding: 25088-6272 on MNIST, 32768-8192 on CIFAR).",
+        rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Trials per weight update (1 = per-trial learning). Default: 100.", rich_help_panel=RUN_PANEL,
+        show_default=False)] = None,
+    lr_halve_every: Annotated[Optional[int], typer.Option(
+        help="Halve alpha after every N epochs; 0 keeps it (the paper, the default).",
+        rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
     max_epochs: Annotated[int, typer.Option(help="Stop after this many epochs at most.",
                                             rich_help_panel=RUN_PANEL)] = 500,
-    patience: Annotated[int, typer.Option(help="Early stopping: stop when validation accuracy has not "
-                                          "increased for this many epochs.", rich_help_panel=RUN_PANEL)] = 20,
+    patience: Annotated[Optional[int], typer.Option(
+        help="Early stopping: stop when validation accuracy has not increased for this many epochs. Default: 20.",
+        rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    min_delta: Annotated[Optional[float], typer.Option(
+        help="Early stopping: an epoch counts as better only when it beats the best by more than this "
+        "accuracy (0.001 = 0.1 points). Default: 0.", rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
+    validation: Annotated[Optional[Validation], typer.Option(
+        help="What early stopping reads: held-out (--val-size training images, the paper's, the default) or "
+        "test (the test set as validation set, as the authors' later code; held-out accuracy is still logged).",
+        rich_help_panel=PROTOCOL_PANEL, show_default=False)] = None,
     train_size: Annotated[Optional[int], typer.Option(
         help="Train on only N samples (quick looks on a CPU). Default: all but the validation set.",
         rich_help_panel=DATA_PANEL, show_default=False)] = None,
@@ -203,11 +234,14 @@ def train(
     try:
         if seed is not None and seeds is not None:
             raise QagrelError("give either --seed or --seeds, not both")
-        config = TrainConfig(dataset=dataset, arch=arch, rule=rule, fc=fc, seed=seed or 0, lr=lr,
-                             optimizer=optimizer, epsilon=epsilon, feedback=feedback, init=init,
-                             init_range=init_range, input_scaling=input_scaling, conv_dropout=conv_dropout,
-                             batch_size=batch_size, max_epochs=max_epochs, patience=patience, train_size=train_size,
-                             val_size=val_size, device=device)
+        given = dict(lr=lr, optimizer=optimizer, init=init, init_range=init_range, init_sd=init_sd,
+                     conv_dropout=conv_dropout, batch_norm=batch_norm, padding=padding, batch_size=batch_size,
+                     lr_halve_every=lr_halve_every, patience=patience, min_delta=min_delta, validation=validation)
+        options = {name: value for name, value in given.items() if value is not None}
+        config = TrainConfig.from_dict(with_recipe({
+            "recipe": recipe.value if recipe else None, "dataset": dataset, "arch": arch, "rule": rule, "fc": fc,
+            "seed": seed or 0, "epsilon": epsilon, "feedback": feedback, "input_scaling": input_scaling,
+            "max_epochs": max_epochs, "train_size": train_size, "val_size": val_size, "device": device, **options}))
         configs = [config] if seeds is None else [replace(config, seed=s) for s in parse_seeds(seeds)]
         run_dirs = run_folders(configs, out, packed=seeds is not None)
         summaries = train_runs(configs, run_dirs, data_dir=data_dir, download=download, quiet=quiet,

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from qagrel_cli.core import training as engine
-from qagrel_cli.core.data import MNIST_FILES, load_dataset
+from qagrel_cli.core.data import MNIST_FILES, RawData, Splits, load_dataset, make_splits
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_FIXTURE = REPO / "tests" / "fixtures" / "mnist-small"
@@ -111,3 +111,12 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def random_splits(seed: int = 0, n_train: int = 300) -> Splits:
+    """MNIST-shaped random images and labels (uint8 1x28x28, 10 classes), split as a run splits them."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n_train + 50, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (n_train + 50,), generator=gen)
+    raw = RawData(images, labels, images[:50], labels[:50], num_classes=10)
+    return make_splits(raw, seed, val_size=50)

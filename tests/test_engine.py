@@ -181,6 +181,6 @@ def test_an_epoch_reads_nothing_back_from_the_device_between_batches(rule, monke
 
     for name in ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, read_back)
-    rewarded, loss = trainer.run_epoch()
+    rewarded, loss = trainer.run_epoch(1)
     monkeypatch.undo()
     assert trainer.batches_per_epoch == 3 and 0 <= float(rewarded) <= 300 and float(loss) > 0

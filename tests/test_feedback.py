@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from qagrel_cli.core import run_folder, training as engine
-from qagrel_cli.core.config import Arch, Feedback, TrainConfig, paper_lr
-from qagrel_cli.core.data import RawData, Splits, make_splits
+from qagrel_cli.core.config import Arch, Feedback, Init, TrainConfig, paper_lr
+from qagrel_cli.core.data import make_splits
 from qagrel_cli.core.models import build_network
 from qagrel_cli.core.packs import Member, VmapPack
 from qagrel_cli.core.rules import alignment_angles, qagrel_step
@@ -27,22 +27,13 @@ from qagrel_cli.core.stopping import RunProgress
 from qagrel_cli.core.trainer import Trainer
 from qagrel_cli.sweeps.sweep_file import load_sweep
 
-from conftest import load_with_small_test_set
+from conftest import load_with_small_test_set, random_splits
 
 ARCHS = ["fc", "conv", "loccon"]
 EPOCHS = 2  # 300 random training images, batch 100: 6 weight updates
 # W' stays bitwise equal to W. acos is ill-conditioned at 1 (acos(1 - e) = sqrt(2e) rad), so the
 # float64 rounding of the cosine of equal vectors (e ~ 1e-16) still leaves up to about 1e-6 degrees.
 SYMMETRIC_ANGLE_TOLERANCE = 1e-4
-
-
-def random_splits(seed: int = 0, n_train: int = 300) -> Splits:
-    """MNIST-shaped random images and labels (uint8 1x28x28, 10 classes), split as a run splits them."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n_train + 50, 1, 28, 28), dtype=torch.uint8, generator=gen)
-    labels = torch.randint(0, 10, (n_train + 50,), generator=gen)
-    raw = RawData(images, labels, images[:50], labels[:50], num_classes=10)
-    return make_splits(raw, seed, val_size=50)
 
 
 def small_config(arch: str, feedback: str, seed: int = 0) -> TrainConfig:
@@ -60,8 +51,8 @@ def trained(arch: str, feedback: str) -> tuple[Trainer, list[tuple[torch.Tensor,
     """A Trainer after EPOCHS epochs on random images, and its weights before them."""
     trainer = Trainer(small_config(arch, feedback), random_splits(), torch.device("cpu"))
     before = weights(trainer.net)
-    for _ in range(EPOCHS):
-        trainer.run_epoch()
+    for epoch in range(1, EPOCHS + 1):
+        trainer.run_epoch(epoch)
     return trainer, before
 
 
@@ -106,7 +97,7 @@ def one_thread():
 
 def test_fixed_feedback_qagrel_step_without_learn_feedback_leaves_w_prime_unchanged():
     net = build_network(Arch.fc, (6, 5), (1, 1, 4), 3)
-    net.reset_weights(0.8, False, torch.Generator().manual_seed(0))
+    net.reset_weights(Init.uniform, 0.8, False, torch.Generator().manual_seed(0))
     before = weights(net)
     gen = torch.Generator().manual_seed(1)
     for _ in range(5):
@@ -148,7 +139,7 @@ def test_symmetric_feedback_stays_at_angle_zero(arch):
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_a_layer_whose_weights_are_not_finite_has_no_angle(bad):
     net = build_network(Arch.fc, (8,), (1, 4, 4), 3)
-    net.reset_weights(0.05, False, torch.Generator().manual_seed(0))
+    net.reset_weights(Init.uniform, 0.05, False, torch.Generator().manual_seed(0))
     with torch.no_grad():
         net.layers[1].weight[0, 0] = bad
     angles = alignment_angles(net)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qagrel_cli.core.config import Arch
+from qagrel_cli.core.config import Arch, Init
 from qagrel_cli.core.layers import FeedbackConv2d, LocallyConnected2d
 from qagrel_cli.core.models import build_network
 
@@ -45,9 +45,9 @@ def test_networks_have_no_biases_and_feedback_weights_are_buffers():
 
 def test_symmetric_init_copies_w_into_w_prime_and_random_init_does_not():
     net = build_network(Arch.conv, (20,), (1, 8, 8), 3)
-    net.reset_weights(0.02, True, torch.Generator().manual_seed(0))
+    net.reset_weights(Init.uniform, 0.02, True, torch.Generator().manual_seed(0))
     assert all(torch.equal(l.weight, l.feedback_weight) for l in net.layers)
-    net.reset_weights(0.02, False, torch.Generator().manual_seed(0))
+    net.reset_weights(Init.uniform, 0.02, False, torch.Generator().manual_seed(0))
     assert not any(torch.equal(l.weight, l.feedback_weight) for l in net.layers)
     assert all(l.weight.abs().max() <= 0.02 for l in net.layers)
 
@@ -56,7 +56,7 @@ def loccon_and_conv(in_ch=2, out_ch=3, hw=(7, 6)):
     local = LocallyConnected2d(in_ch, out_ch, 3, hw)
     conv = FeedbackConv2d(in_ch, out_ch, 3)
     gen = torch.Generator().manual_seed(0)
-    conv.reset_weights(0.5, False, gen)
+    conv.reset_weights(lambda w: w.uniform_(-0.5, 0.5, generator=gen), False)
     with torch.no_grad():  # every position gets the conv's shared filters
         local.weight.copy_(conv.weight.reshape(out_ch, -1).expand_as(local.weight))
         local.feedback_weight.copy_(conv.feedback_weight.reshape(out_ch, -1).expand_as(local.weight))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qagrel_cli.core.config import Arch, QagrelError, TrainConfig
+from qagrel_cli.core.config import Arch, Init, QagrelError, TrainConfig
 from qagrel_cli.core.data import PixelScaling
 from qagrel_cli.core.models import build_network
 from qagrel_cli.core.run_folder import read_config
@@ -42,7 +42,7 @@ def test_a_reading_other_than_the_default_changes_the_run_id(reading):
 def test_he_init_draws_each_layer_uniformly_within_sqrt_6_over_its_fan_in():
     for arch in (Arch.conv, Arch.loccon, Arch.fc):
         net = build_network(arch, (500,), (3, 32, 32), 10)
-        net.reset_weights(None, True, torch.Generator().manual_seed(0))
+        net.reset_weights(Init.he, None, True, torch.Generator().manual_seed(0))
         for layer in net.layers:
             bound = math.sqrt(6 / layer.fan_in)
             w = layer.weight.detach()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qagrel_cli.core.config import Arch
+from qagrel_cli.core.config import Arch, Init
 from qagrel_cli.core.models import build_network
 from qagrel_cli.core.rules import (apply_weight_changes, qagrel_weight_changes, reward_prediction_error,
                               select_action)
@@ -16,7 +16,7 @@ ALPHA = 0.3
 def small_fc_net(hidden=(6, 5), inputs=4, classes=3, symmetric=False, seed=0):
     """input -> hidden... -> output, fully connected, weights large enough for mixed-sign activity."""
     net = build_network(Arch.fc, hidden, (1, 1, inputs), classes)
-    net.reset_weights(0.8, symmetric, torch.Generator().manual_seed(seed))
+    net.reset_weights(Init.uniform, 0.8, symmetric, torch.Generator().manual_seed(seed))
     return net
 
 
@@ -84,7 +84,7 @@ def test_qagrel_update_equals_gradient_of_selected_unit_error_when_feedback_is_r
     # Eqs. 17-20: with W' = W, dW = -alpha * dE/dW for E = delta^2 / 2 of the selected unit only.
     for arch in (Arch.conv, Arch.loccon, Arch.fc):
         net = build_network(arch, (12, 8), (2, 9, 9), 4)
-        net.reset_weights(0.3, True, torch.Generator().manual_seed(3))
+        net.reset_weights(Init.uniform, 0.3, True, torch.Generator().manual_seed(3))
         x = torch.rand(6, 2, 9, 9)
         net.train()  # dropout on: the same masks must be drawn in both passes
         q, activities = net(x, torch.Generator().manual_seed(5))
@@ -106,7 +106,7 @@ def test_weight_changes_do_not_depend_on_whether_autograd_records_the_forward_pa
     # layer keeps its patches for the synapse product; the gradient test above records a graph.
     for arch in (Arch.conv, Arch.loccon, Arch.fc):
         net = build_network(arch, (12, 8), (2, 9, 9), 4)
-        net.reset_weights(0.3, True, torch.Generator().manual_seed(3))
+        net.reset_weights(Init.uniform, 0.3, True, torch.Generator().manual_seed(3))
         net.train()
         x = torch.rand(6, 2, 9, 9)
         labels = torch.randint(0, 4, (6,), generator=torch.Generator().manual_seed(9))
@@ -155,7 +155,7 @@ def test_silent_unit_passes_no_feedback():
 
 def test_dropped_unit_neither_learns_nor_passes_feedback():
     net = build_network(Arch.conv, (10,), (1, 8, 8), 3)
-    net.reset_weights(0.5, False, torch.Generator().manual_seed(0))
+    net.reset_weights(Init.uniform, 0.5, False, torch.Generator().manual_seed(0))
     net.train()
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():

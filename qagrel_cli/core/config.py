@@ -60,7 +60,21 @@ class InputScaling(str, Enum):
 class Init(str, Enum):
     uniform = "uniform"  # W ~ U[-r, r] with r = init_range (section 3: 0.02, fc 0.05)
     he = "he"  # He-uniform: W ~ U[-b, b], b = sqrt(6 / fan_in): the usual scale for ReLU networks
+    normal = "normal"  # W ~ N(0, init_sd^2): the authors' later code (BrainProp: SD 0.005, fc 0.01)
 
+
+class Padding(str, Enum):
+    valid = "valid"  # the first layer's 3x3 filters stay inside the image: Table 1's hidden units (21632, 28800)
+    same = "same"  # zero padding keeps the image's size (the authors' later conv code): 25088, 32768
+
+
+class Validation(str, Enum):
+    held_out = "held-out"  # val_size training images, held out per seed (section 3)
+    test = "test"  # the test set as validation set (the authors' later code); held-out accuracy is still logged
+
+
+# The init SD of `init: normal` when none is given: the authors' later code (BrainProp, get_architecture.py).
+NORMAL_INIT_SD = {"fc": 0.01, "conv": 0.005}
 
 # Table 1's names, in Table 1's order (tables, figures and estimates all print these).
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
@@ -92,13 +106,21 @@ _NOT_IDENTITY = frozenset({"device"})
 # Fields added after runs were recorded: a config may lack them (they take their default), and they
 # enter the run id only when they differ from their default, so every run id recorded before them
 # stays valid. A stored config lacking any other field is damaged, not old.
-FIELDS_ADDED_LATER = ("input_scaling", "init", "conv_dropout")
-# The paper's open protocol choices (docs/reproduction.md). Their defaults are the literal reading;
-# any other value is a reading of the paper, and reports always show which.
-PROTOCOL_READINGS = ("input_scaling", "init", "optimizer", "conv_dropout")
+FIELDS_ADDED_LATER = ("input_scaling", "init", "conv_dropout", "batch_norm", "padding", "init_sd", "lr_halve_every",
+                      "min_delta", "validation")
+# The paper's open protocol choices (docs/reproduction.md) and the training choices of the authors' later
+# code (core/recipes.py). Their defaults are the literal reading; any other value is a reading of the paper,
+# and reports always show which.
+PROTOCOL_READINGS = ("input_scaling", "init", "optimizer", "conv_dropout", "batch_norm", "padding", "init_sd",
+                     "lr_halve_every", "min_delta", "validation")
 # The settings whose values are an Enum's; the declaration order is the paper's (its reading first).
 ENUM_FIELDS: dict[str, type[Enum]] = {"dataset": Dataset, "arch": Arch, "rule": Rule, "optimizer": Optimizer,
-                                      "feedback": Feedback, "init": Init, "input_scaling": InputScaling}
+                                      "feedback": Feedback, "init": Init, "input_scaling": InputScaling,
+                                      "padding": Padding, "validation": Validation}
+# Settings of the conv and loccon nets' first two layers: a fully connected net has none of them.
+_CONV_ONLY = {"conv_dropout": "a fully connected net has no strided conv layer",
+              "batch_norm": "batch normalisation follows the conv and loccon layers only",
+              "padding": "a fully connected net has no filters to pad"}
 # Settings that one rule alone reads; the other rule's runs hold the default. A report
 # sets a Q-AGREL row beside an Error-BP row whatever either holds in the other's settings.
 RULE_OF_SETTING: dict[str, Rule] = {"optimizer": Rule.bp, "epsilon": Rule.qagrel, "feedback": Rule.qagrel}
@@ -165,11 +187,17 @@ class TrainConfig:
     feedback: Feedback = Feedback.symmetric
     init: Init = Init.uniform
     init_range: float | None = None
+    init_sd: float | None = None
     input_scaling: InputScaling = InputScaling.unit
     conv_dropout: float = CONV_DROPOUT
+    batch_norm: bool = False
+    padding: Padding = Padding.valid
     batch_size: int = 100
+    lr_halve_every: int = 0  # halve alpha after every this many epochs; 0: alpha stays (the paper)
     max_epochs: int = 500
     patience: int = 20
+    min_delta: float = 0.0  # early stopping: an epoch is better only when it beats the best by more than this
+    validation: Validation = Validation.held_out
     train_size: int | None = None
     val_size: int = 1000
     device: str = "auto"
@@ -179,11 +207,14 @@ class TrainConfig:
         for name, rule in RULE_OF_SETTING.items():
             if self.rule != rule and getattr(self, name) != self.__dataclass_fields__[name].default:
                 raise QagrelError(f"{name} applies to rule {rule.value} only: {_WHY_ONE_RULE[name]}")
-        if self.arch == Arch.fc and self.conv_dropout != CONV_DROPOUT:
-            raise QagrelError("conv_dropout applies to arch conv and loccon only: a fully connected net has no "
-                              "strided conv layer")
+        if self.arch == Arch.fc:
+            for name, why in _CONV_ONLY.items():
+                if getattr(self, name) != self.__dataclass_fields__[name].default:
+                    raise QagrelError(f"{name} applies to arch conv and loccon only: {why}")
         if self.init != Init.uniform and self.init_range is not None:
             raise QagrelError(f"init_range applies to init uniform only: init {self.init.value} sets its own scale")
+        if self.init != Init.normal and self.init_sd is not None:
+            raise QagrelError(f"init_sd applies to init normal only: init {self.init.value} sets its own scale")
         self._resolve()
 
     @classmethod
@@ -209,11 +240,13 @@ class TrainConfig:
         object.__setattr__(self, "fc", parse_fc(self.fc))
         if self.arch != Arch.fc and self.fc is not None and len(self.fc) == 0:
             raise QagrelError("fc needs at least one hidden layer")
-        for name in ("seed", "batch_size", "max_epochs", "patience", "val_size"):
-            _check_int(name, getattr(self, name), minimum=0 if name in ("seed", "val_size") else 1)
+        for name in ("seed", "batch_size", "max_epochs", "patience", "val_size", "lr_halve_every"):
+            _check_int(name, getattr(self, name), minimum=0 if name in ("seed", "val_size", "lr_halve_every") else 1)
+        if not isinstance(self.batch_norm, bool):
+            raise QagrelError(f"batch_norm must be true or false, got {self.batch_norm!r}")
         if self.train_size is not None:
             _check_int("train_size", self.train_size, minimum=1)
-        for name in ("lr", "init_range"):
+        for name in ("lr", "init_range", "init_sd"):
             value = getattr(self, name)
             if value is not None:
                 _check_positive_float(name, value)
@@ -225,17 +258,27 @@ class TrainConfig:
                 or not 0 <= self.conv_dropout < 1:
             raise QagrelError(f"conv_dropout must be a fraction in [0, 1), got {self.conv_dropout!r}")
         object.__setattr__(self, "conv_dropout", float(self.conv_dropout))
+        if isinstance(self.min_delta, bool) or not isinstance(self.min_delta, (int, float)) \
+                or not 0 <= self.min_delta < 1:
+            raise QagrelError(f"min_delta must be an accuracy in [0, 1), got {self.min_delta!r}")
+        object.__setattr__(self, "min_delta", float(self.min_delta))
         if not isinstance(self.device, str):
             raise QagrelError(f"device must be a string like auto, cpu or cuda:0, got {self.device!r}")
 
     def _resolve(self) -> None:
-        """Fill every paper default (fc sizes, learning rate, init range; He init has no range)."""
+        """Fill every paper default (fc sizes, learning rate, init range or SD; He init has neither)."""
         if self.fc is None:
             object.__setattr__(self, "fc", DEFAULT_FC[self.arch])
         if self.lr is None:
             object.__setattr__(self, "lr", paper_lr(self.rule, self.arch, self.dataset))
         if self.init_range is None and self.init == Init.uniform:
             object.__setattr__(self, "init_range", 0.05 if self.arch == Arch.fc else 0.02)
+        if self.init_sd is None and self.init == Init.normal:
+            object.__setattr__(self, "init_sd", NORMAL_INIT_SD["fc" if self.arch == Arch.fc else "conv"])
+
+    def lr_at(self, epoch: int) -> float:
+        """Alpha in epoch `epoch` (1-based): `lr`, halved after every `lr_halve_every` epochs when that is set."""
+        return self.lr * 0.5 ** ((epoch - 1) // self.lr_halve_every) if self.lr_halve_every else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-friendly values (enums as strings, fc as a list)."""
@@ -318,6 +361,7 @@ def _check_positive_float(name: str, value: Any) -> None:
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()  # every option's default (fc, lr, init_range: conv MNIST's)
 __all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
+           "Padding", "Validation", "NORMAL_INIT_SD",
            "CONFIG_FIELDS", "DEFAULTS", "ENUM_FIELDS", "FIELDS_ADDED_LATER", "PROTOCOL_READINGS", "RULE_OF_SETTING",
            "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "CONV_DROPOUT", "DEFAULT_FC", "DATASET_NAMES",
            "RULE_NAMES", "ARCH_NAMES"]

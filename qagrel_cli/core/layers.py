@@ -24,6 +24,8 @@ Every layer offers the operations the learning rules need:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,14 +46,15 @@ class FeedbackLayer(nn.Module):
         """Synapses onto one feedforward unit (the scale of He initialisation)."""
         return self.weight.shape[1:].numel()
 
-    def reset_weights(self, init_range: float, symmetric: bool, generator: torch.Generator) -> None:
-        """W ~ U[-r, r]; W' = W (strict reciprocity) or an independent draw from the same law."""
+    def reset_weights(self, draw: Callable[[torch.Tensor], object], symmetric: bool) -> None:
+        """W from `draw` (which fills a tensor in place); W' = W (strict reciprocity) or a second, independent
+        draw from the same law."""
         with torch.no_grad():
-            self.weight.uniform_(-init_range, init_range, generator=generator)
+            draw(self.weight)
             if symmetric:
                 self.feedback_weight.copy_(self.weight)
             else:
-                self.feedback_weight.uniform_(-init_range, init_range, generator=generator)
+                draw(self.feedback_weight)
 
     def feedback(self, post: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -135,11 +138,12 @@ class LocallyConnected2d(FeedbackLayer):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_hw: tuple[int, int],
-                 stride: int = 1) -> None:
+                 stride: int = 1, padding: int = 0) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.input_hw = kernel_size, stride, tuple(input_hw)
-        self.output_hw = tuple((n - kernel_size) // stride + 1 for n in input_hw)
+        self.padding = padding
+        self.output_hw = tuple((n + 2 * padding - kernel_size) // stride + 1 for n in input_hw)
         positions = self.output_hw[0] * self.output_hw[1]
         self._init_weights((positions, out_channels, in_channels * kernel_size * kernel_size))
         self._saved_patches: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, its patches)
@@ -156,6 +160,8 @@ class LocallyConnected2d(FeedbackLayer):
         batched GEMM instead of copying each position's matrix (2-5x faster).
         """
         k, s = self.kernel_size, self.stride
+        if self.padding:
+            pre = F.pad(pre, [self.padding] * 4)
         windows = pre.unfold(2, k, s).unfold(3, k, s)  # (B, C, h, w, k, k), a view
         batch, channels, height, width = windows.shape[:4]
         return windows.permute(2, 3, 0, 1, 4, 5).reshape(height * width, batch, channels * k * k)
@@ -175,7 +181,8 @@ class LocallyConnected2d(FeedbackLayer):
 
     def feedback(self, post: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
         cols = torch.bmm(self._to_positions(post), self.feedback_weight)  # (L, B, C*k*k)
-        return F.fold(cols.permute(1, 2, 0), self.input_hw, self.kernel_size, stride=self.stride)
+        return F.fold(cols.permute(1, 2, 0), self.input_hw, self.kernel_size, stride=self.stride,
+                      padding=self.padding)
 
     def synapse_product(self, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
         saved = self._saved_patches
@@ -186,4 +193,4 @@ class LocallyConnected2d(FeedbackLayer):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels} -> {self.out_channels}, {self.kernel_size}x{self.kernel_size}, "
-                f"positions={self.output_hw[0]}x{self.output_hw[1]}, no weight sharing")
+                f"padding={self.padding}, positions={self.output_hw[0]}x{self.output_hw[1]}, no weight sharing")

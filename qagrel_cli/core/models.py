@@ -7,22 +7,40 @@
 
 Hidden units are ReLU, the output units are linear (Q-values for Q-AGREL,
 logits for BP). No biases: the paper's equations have none.
+
+Two options come from the authors' later code (core/recipes.py): the first
+layer's `padding` ('valid', the paper's, or 'same'), and `batch_norm`, which
+puts batch normalisation after the ReLU of each of the two conv/loccon layers
+(before their dropout), with a learned scale and shift.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qagrel_cli.core.config import CONV_DROPOUT, Arch
+from qagrel_cli.core.config import CONV_DROPOUT, Arch, Init, Padding, TrainConfig
 from qagrel_cli.core.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, LocallyConnected2d
 
 CONV_CHANNELS = 32
 LAST_HIDDEN_DROPOUT = 0.3
+# Batch normalisation as the authors' later code has it (Keras' defaults): running statistics move by 1 %
+# of the batch's per step (Keras momentum 0.99), and the variance gets 1e-3 before its square root.
+BATCH_NORM_MOMENTUM = 0.01
+BATCH_NORM_EPS = 1e-3
+
+
+class NormTrace(NamedTuple):
+    """What the feedback pass needs at a batch-normalised hidden layer, kept by a training forward pass:
+    the layer's ReLU output (batch norm's input) and its dropout keep mask (None without dropout)."""
+
+    relu: torch.Tensor
+    keep: torch.Tensor | None
 
 
 class QNetwork(nn.Module):
@@ -34,14 +52,18 @@ class QNetwork(nn.Module):
     from this list.
     """
 
-    def __init__(self, layers: list[FeedbackLayer], dropout: list[float]) -> None:
+    def __init__(self, layers: list[FeedbackLayer], dropout: list[float],
+                 batch_norm: dict[int, nn.BatchNorm2d] | None = None) -> None:
         super().__init__()
         assert len(dropout) == len(layers) - 1, "one dropout rate per hidden layer"
         self.layers = nn.ModuleList(layers)
         self.dropout = list(dropout)
+        # Keyed by hidden layer index; registered after `layers`, so `parameters()` lists every W first.
+        self.batch_norm = nn.ModuleDict({str(n): bn for n, bn in (batch_norm or {}).items()})
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                noise: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                noise: list[torch.Tensor | None] | None = None, traces: dict[int, NormTrace] | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Eqs. (2)-(4): Q-values (or logits) and every layer's input activity.
 
         In training mode a node is dropped when its uniform draw is below the
@@ -49,6 +71,8 @@ class QNetwork(nn.Module):
         reached, unless `noise` gives them (one tensor per hidden layer, None
         where there is no dropout): a seed pack draws every member's noise from
         the member's own generator outside `vmap` (see `dropout_noise`).
+        A batch-normalised layer normalises its ReLU output before dropout;
+        `traces`, when given, receives what Q-AGREL's feedback pass needs there.
         """
         activities = [x]
         for n, (layer, p) in enumerate(zip(self.layers[:-1], self.dropout)):
@@ -56,10 +80,16 @@ class QNetwork(nn.Module):
             # fresh allocation on a CPU. Under autograd, an in-place ReLU on a view (the locally
             # connected layer's output) would cost more than it saves.
             y = F.relu(layer(activities[-1]), inplace=not torch.is_grad_enabled())
+            relu, keep = y, None
+            if str(n) in self.batch_norm:
+                y = self.batch_norm[str(n)](y)
             if self.training and p > 0:
                 uniform = noise[n] if noise is not None else torch.rand(y.shape, generator=generator, device=y.device)
                 # Inverted dropout: a dropped node neither fires nor (y == 0) passes feedback.
-                y = (y * (uniform >= p)).div_(1.0 - p)
+                keep = uniform >= p
+                y = (y * keep).div_(1.0 - p)
+            if traces is not None and str(n) in self.batch_norm:
+                traces[n] = NormTrace(relu, keep)
             activities.append(y)
         return self.layers[-1](activities[-1]), activities
 
@@ -95,6 +125,30 @@ class QNetwork(nn.Module):
         p = self.dropout[n] if self.training else 0.0
         return gated.mul_(1.0 / (1.0 - p)) if p > 0 else gated
 
+    def normalised_feedback(self, n: int, trace: NormTrace, feedback: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """At batch-normalised hidden layer n: g * fb at its ReLU nodes, and the changes of its scale and shift.
+
+        The feedback arriving at the layer's (dropped-out) output passes back
+        through dropout (the keep mask and its 1 / (1 - p) scale), then through
+        batch normalisation as the authors' code passes it: the vector-Jacobian
+        product of batch norm at the batch's own statistics, which couples the
+        trials of a batch (the one non-local step, docs/design.md). The scale and
+        shift change by the same feedback: feedback x normalised activity, and
+        feedback. g is the ReLU derivative, read off the ReLU's output.
+        """
+        p = self.dropout[n] if self.training else 0.0
+        if trace.keep is not None:
+            feedback = (feedback * trace.keep).mul_(1.0 / (1.0 - p))
+        bn = self.batch_norm[str(n)]
+        # The batch's statistics, as the training forward pass used them (biased variance).
+        var, mean = torch.var_mean(trace.relu, dim=(0, 2, 3), correction=0)
+        invstd = torch.rsqrt(var + bn.eps)
+        # The fused kernel autograd uses for batch norm's backward: (d input, d scale, d shift).
+        at_relu, d_scale, d_shift = torch.ops.aten.native_batch_norm_backward(
+            feedback, trace.relu, bn.weight, None, None, mean, invstd, True, bn.eps, [True, True, True])
+        return torch.ops.aten.threshold_backward(at_relu, trace.relu, 0), d_scale, d_shift
+
     def hidden_shapes(self, input_shape: tuple[int, ...]) -> list[torch.Size]:
         """The shape of one sample's activity at every hidden layer, from a probe through the built layers."""
         was_training = self.training
@@ -109,36 +163,48 @@ class QNetwork(nn.Module):
         """Table 1's 'hidden units' string, e.g. '21632-5408-500', computed from the built layers."""
         return "-".join(str(shape.numel()) for shape in self.hidden_shapes(input_shape))
 
-    def reset_weights(self, init_range: float | None, symmetric: bool, generator: torch.Generator) -> None:
+    def reset_weights(self, init: Init, scale: float | None, symmetric: bool, generator: torch.Generator) -> None:
         """Initialise every layer's W (and W') from one generator, in layer order.
 
-        W ~ U[-r, r] with r = `init_range` (the paper's), or with `init_range=None`
-        He-uniform, r = sqrt(6 / fan_in) per layer.
+        uniform: W ~ U[-r, r] with r = `scale` (the paper's init range); he: He-uniform,
+        r = sqrt(6 / fan_in) per layer; normal: W ~ N(0, `scale`^2). Batch norm
+        starts as the identity (scale 1, shift 0).
         """
         for layer in self.layers:
-            bound = init_range if init_range is not None else math.sqrt(6.0 / layer.fan_in)
-            layer.reset_weights(bound, symmetric, generator)
+            if init == Init.normal:
+                layer.reset_weights(lambda w: w.normal_(0.0, scale, generator=generator), symmetric)
+            else:
+                bound = scale if init == Init.uniform else math.sqrt(6.0 / layer.fan_in)
+                layer.reset_weights(lambda w: w.uniform_(-bound, bound, generator=generator), symmetric)
+        for bn in self.batch_norm.values():
+            bn.reset_parameters()
 
 
 def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, int],
-                  num_classes: int, conv_dropout: float = CONV_DROPOUT) -> QNetwork:
+                  num_classes: int, conv_dropout: float = CONV_DROPOUT, padding: Padding = Padding.valid,
+                  batch_norm: bool = False) -> QNetwork:
     """Build `arch` for images of `input_shape` (C, H, W) with hidden fc sizes `fc`; `conv_dropout` is the
-    fraction of the strided conv layer's units silenced in training (conv and loccon only)."""
+    fraction of the strided conv layer's units silenced in training, `padding` the first layer's, and
+    `batch_norm` normalises both conv/loccon layers (conv and loccon only)."""
     channels, height, width = input_shape
     layers: list[FeedbackLayer] = []
     dropout: list[float] = []
+    norms: dict[int, nn.BatchNorm2d] = {}
     if arch == Arch.fc:
         n_in = channels * height * width
     else:
+        pad = 1 if Padding(padding) == Padding.same else 0
         if arch == Arch.conv:
-            layers.append(FeedbackConv2d(channels, CONV_CHANNELS, 3))
+            layers.append(FeedbackConv2d(channels, CONV_CHANNELS, 3, padding=pad))
         else:
-            layers.append(LocallyConnected2d(channels, CONV_CHANNELS, 3, (height, width)))
-        h1, w1 = height - 2, width - 2  # 3x3, valid
+            layers.append(LocallyConnected2d(channels, CONV_CHANNELS, 3, (height, width), padding=pad))
+        h1, w1 = height - 2 + 2 * pad, width - 2 + 2 * pad  # 3x3: valid 28 -> 26, same 28 -> 28
         # 3x3 stride 2 'same': padding 1 gives ceil(n / 2) outputs, 26 -> 13 and 30 -> 15.
         layers.append(FeedbackConv2d(CONV_CHANNELS, CONV_CHANNELS, 3, stride=2, padding=1))
         h2, w2 = (h1 - 1) // 2 + 1, (w1 - 1) // 2 + 1
         dropout += [0.0, conv_dropout]
+        if batch_norm:
+            norms = {n: nn.BatchNorm2d(CONV_CHANNELS, eps=BATCH_NORM_EPS, momentum=BATCH_NORM_MOMENTUM) for n in (0, 1)}
         n_in = CONV_CHANNELS * h2 * w2
     for i, units in enumerate(fc):
         layers.append(FeedbackLinear(n_in, units))
@@ -146,15 +212,23 @@ def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, 
         dropout.append(LAST_HIDDEN_DROPOUT if (last and arch != Arch.fc) else 0.0)
         n_in = units
     layers.append(FeedbackLinear(n_in, num_classes))
-    return QNetwork(layers, dropout)
+    return QNetwork(layers, dropout, norms)
+
+
+def network_for(config: TrainConfig, input_shape: tuple[int, int, int], num_classes: int) -> QNetwork:
+    """The network `config` trains, for images of `input_shape` and `num_classes` outputs (not initialised)."""
+    return build_network(config.arch, config.fc, input_shape, num_classes, config.conv_dropout, config.padding,
+                         config.batch_norm)
 
 
 @functools.lru_cache(maxsize=None)
-def hidden_units(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, int]) -> str:
+def hidden_units(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, int],
+                 padding: Padding = Padding.valid) -> str:
     """Table 1's 'hidden units' of a network, e.g. '21632-5408-500', without training it.
 
     The network is built on the meta device (shapes only, nothing allocated) and
     its layer sizes read off, as `QNetwork.hidden_units` does for a real one.
     """
     with torch.device("meta"):
-        return build_network(Arch(arch), tuple(fc), input_shape, num_classes=10).hidden_units(input_shape)
+        return build_network(Arch(arch), tuple(fc), input_shape, num_classes=10,
+                             padding=padding).hidden_units(input_shape)

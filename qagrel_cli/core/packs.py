@@ -54,9 +54,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from qagrel_cli.core.config import Feedback, Rule, TrainConfig
+from qagrel_cli.core.config import Feedback, QagrelError, Rule, TrainConfig
 from qagrel_cli.core.data import PixelScaling
-from qagrel_cli.core.models import QNetwork, build_network
+from qagrel_cli.core.models import QNetwork, network_for
 from qagrel_cli.core.rules import BatchStats, apply_weight_changes, bp_loss, qagrel_learn, select_action_per_member
 from qagrel_cli.core.stopping import RunProgress
 from qagrel_cli.core.trainer import Trainer, greedy_accuracy, run_batches
@@ -99,7 +99,7 @@ class LoopPack:
         sums, done = [], 0
         for m in self.members:
             offset = done
-            sums.append(m.trainer.run_epoch(None if on_batch is None else
+            sums.append(m.trainer.run_epoch(m.progress.epoch, None if on_batch is None else
                                             lambda i, r, offset=offset: on_batch(offset + i, r)))
             done += m.trainer.batches_per_epoch
         return torch.stack([s[0] for s in sums]), torch.stack([s[1] for s in sums])
@@ -128,12 +128,15 @@ class VmapPack:
     def __init__(self, members: list[Member]) -> None:
         first = members[0].trainer
         self.config, self.device = first.config, first.device
+        if self.config.batch_norm:
+            # Each member would need its own running statistics, updated inside vmap: not built.
+            raise QagrelError("a vmapped seed pack cannot train batch_norm (each member would need its own running "
+                              "statistics): use strategy loop, which trains the members in turn")
         self.hidden_shapes = first.net.hidden_shapes(first.splits.input_shape)
         # The members' architecture holding the stacked tensors; functional_call gives it one member's slices.
-        self.stacked = build_network(self.config.arch, self.config.fc, first.splits.input_shape,
-                                     first.splits.num_classes, self.config.conv_dropout).to(self.device)
+        self.stacked = network_for(self.config, first.splits.input_shape, first.splits.num_classes).to(self.device)
         self._member_forward = self._per_member(lambda net, x, noise: net(x, noise=noise))
-        self._qagrel_learn = vmap(self._per_member(_qagrel_learn_tuple), in_dims=(0, 0, 0, 0, 0, None))
+        self._qagrel_learn = vmap(self._per_member(_qagrel_learn_tuple), in_dims=(0, 0, 0, 0, 0, 0))
         self._bp_loss = vmap(_bp_loss_tuple)
         self.set_members(members)
 
@@ -183,6 +186,10 @@ class VmapPack:
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """One epoch of every member, in each member's own order; summed reward and loss, shape (K,)."""
         self.stacked.train()
+        for m in self.members:
+            m.trainer.set_epoch(m.progress.epoch)
+        # Each member's alpha: members resumed from different epochs may be at different points of a schedule.
+        self.lr = torch.tensor([m.trainer.lr for m in self.members], device=self.device)
         order = torch.stack([m.trainer.epoch_order() for m in self.members])
         rows = torch.arange(len(self.members), device=self.device)[:, None]
         return run_batches(order, self.config.batch_size,
@@ -206,7 +213,7 @@ class VmapPack:
         q, activities = self._forward(tensors, x, noise)
         # The exploration draws come after the dropout draws, as in qagrel_step.
         action = select_action_per_member(q, self.config.epsilon, self._generators())
-        changes, rewarded, loss = self._qagrel_learn(tensors, q, activities, action, labels, self.config.lr)
+        changes, rewarded, loss = self._qagrel_learn(tensors, q, activities, action, labels, self.lr)
         apply_weight_changes(self.stacked, changes, self.config.feedback != Feedback.fixed)
         return BatchStats(rewarded=rewarded, loss=loss)
 
@@ -239,7 +246,7 @@ class VmapPack:
 
 
 def _qagrel_learn_tuple(net: QNetwork, q: torch.Tensor, activities: list[torch.Tensor], action: torch.Tensor,
-                        labels: torch.Tensor, lr: float) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+                        labels: torch.Tensor, lr: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """qagrel_learn with its stats as a tuple: vmap returns tensors, not dataclasses."""
     changes, stats = qagrel_learn(net, q, activities, action, labels, lr)
     return changes, stats.rewarded, stats.loss

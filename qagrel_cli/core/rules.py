@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from qagrel_cli.core.models import QNetwork
+from qagrel_cli.core.models import NormTrace, QNetwork
 
 
 @dataclass
@@ -65,8 +65,13 @@ def reward_prediction_error(q: torch.Tensor, action: torch.Tensor, labels: torch
 
 
 def qagrel_weight_changes(net: QNetwork, activities: list[torch.Tensor], action: torch.Tensor,
-                          delta: torch.Tensor, lr: float) -> list[torch.Tensor]:
+                          delta: torch.Tensor, lr: float | torch.Tensor,
+                          traces: dict[int, NormTrace] | None = None) -> list[torch.Tensor]:
     """Eqs. (6)-(12): the change of every layer's W (and, identically, of W'), batch-averaged.
+
+    One change per parameter, in `net.parameters()` order: every layer's W, then
+    (with batch norm) each normalised layer's scale and shift, which change by
+    the same feedback (`QNetwork.normalised_feedback`, from the forward pass's `traces`).
 
     Walks the feedback network from the output down. At the output, only the
     selected unit is active (z, eq. 6). At each lower node the feedback unit
@@ -84,51 +89,63 @@ def qagrel_weight_changes(net: QNetwork, activities: list[torch.Tensor], action:
     rpe = (lr / delta.shape[0]) * delta  # alpha * delta, averaged over the trials of the batch
     fb = rpe[:, None] * z  # feedback arriving at the output nodes, carrying the RPE factor
     changes: list[torch.Tensor] = [torch.empty(0)] * num_layers
+    norm_changes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for n in reversed(range(num_layers)):
         layer, pre = net.layers[n], activities[n]
         # Activity of the postsynaptic feedback units, g * fb (eqs. 7, 9; the output layer is linear: g = 1).
-        post = fb if n == num_layers - 1 else net.gated_feedback(n, activities[n + 1], fb)
+        if n == num_layers - 1:
+            post = fb
+        elif str(n) in net.batch_norm:
+            if traces is None or n not in traces:
+                raise ValueError("a batch-normalised network's feedback pass needs the traces of its forward pass")
+            post, *norm_changes[n] = net.normalised_feedback(n, traces[n], fb)
+        else:
+            post = net.gated_feedback(n, activities[n + 1], fb)
         # Four factors, eqs. (1), (6), (7), (9), (11): (alpha * delta) * pre * (g * fb), summed over the batch;
         # below the first layer, also the feedback through W' (not W) to the layer below, eqs. (8), (10), (12).
         if n > 0:
             changes[n], fb = layer.synapse_product_and_feedback(pre, post)
         else:
             changes[n] = layer.synapse_product(pre, post)
-    return changes
+    return changes + [change for n in sorted(norm_changes) for change in norm_changes[n]]
 
 
 @torch.no_grad()
 def apply_weight_changes(net: QNetwork, changes: list[torch.Tensor], learn_feedback: bool = True) -> None:
-    """Add each change to the feedforward synapses and (the paper's rule) to their reciprocal feedback synapses.
+    """Add each change to its parameter (`net.parameters()` order) and, the paper's rule, every W's change to
+    its reciprocal feedback synapses W' (dW' = dW).
 
     `learn_feedback=False` leaves W' as it is (fixed feedback, as in feedback alignment).
     """
-    synapses = [layer.weight for layer in net.layers]
+    targets, deltas = list(net.parameters()), list(changes)
     if learn_feedback:
-        synapses += [layer.feedback_weight for layer in net.layers]
+        targets += [layer.feedback_weight for layer in net.layers]
+        deltas += changes[:len(net.layers)]  # dW' = dW
     # One multi-tensor add, as torch.optim.SGD makes its step: on a GPU, one launch instead of one per tensor.
-    torch._foreach_add_(synapses, changes * (len(synapses) // len(changes)))
+    torch._foreach_add_(targets, deltas)
 
 
 @torch.no_grad()
 def qagrel_step(net: QNetwork, x: torch.Tensor, labels: torch.Tensor, lr: float, epsilon: float,
                 generator: torch.Generator | None = None, learn_feedback: bool = True) -> BatchStats:
     """One Q-AGREL batch: forward, select, reward, feedback, update. Returns on-device sums."""
-    q, activities = net(x, generator)
+    traces: dict[int, NormTrace] = {}
+    q, activities = net(x, generator, traces=traces)
     action = select_action(q, epsilon, generator)
-    changes, stats = qagrel_learn(net, q, activities, action, labels, lr)
+    changes, stats = qagrel_learn(net, q, activities, action, labels, lr, traces)
     apply_weight_changes(net, changes, learn_feedback)
     return stats
 
 
 def qagrel_learn(net: QNetwork, q: torch.Tensor, activities: list[torch.Tensor], action: torch.Tensor,
-                 labels: torch.Tensor, lr: float) -> tuple[list[torch.Tensor], BatchStats]:
+                 labels: torch.Tensor, lr: float | torch.Tensor, traces: dict[int, NormTrace] | None = None
+                 ) -> tuple[list[torch.Tensor], BatchStats]:
     """Phases 3-5 once the actions are selected: reward, RPE and every layer's weight change.
 
     Free of random draws and of side effects, so a seed pack can `vmap` it over members.
     """
     reward, delta = reward_prediction_error(q, action, labels)
-    changes = qagrel_weight_changes(net, activities, action, delta, lr)
+    changes = qagrel_weight_changes(net, activities, action, delta, lr, traces)
     return changes, BatchStats(rewarded=reward.sum(), loss=0.5 * delta.square().sum())
 
 

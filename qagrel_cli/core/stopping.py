@@ -2,7 +2,9 @@
 
 The paper stops a run "if for 20 consecutive times the validation accuracy had not increased": the
 best epoch is the first with the highest validation accuracy, and a run stops once `patience` epochs
-have passed without a strictly higher one, when it diverges, or at `max_epochs`. Training keeps this
+have passed without a strictly higher one, when it diverges, or at `max_epochs`. Two choices of the
+authors' later code generalise it (as Keras' EarlyStopping has them): `min_delta`, by which an epoch must
+beat the best to count as better, and `validation: test`, which reads the test set as validation set. Training keeps this
 state epoch by epoch (`note_validation`, `should_stop`); `replay` runs the same rule over a finished
 run's log under another patience or epoch cap, which is exact for any patience and cap up to the ones
 the run trained with, since training itself reads neither except to stop.
@@ -15,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from qagrel_cli.core.config import QagrelError, TrainConfig
+from qagrel_cli.core.config import QagrelError, TrainConfig, Validation
 from qagrel_cli.core.run_folder import one_row_per_epoch
 
 CONVERGED_RULE = "not diverged and best validation accuracy >= 2 x chance"
@@ -40,13 +42,21 @@ class RunProgress:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def note_validation(progress: RunProgress, val_acc: float, test_acc: float) -> None:
-    """Early stopping's bookkeeping for the epoch `progress.epoch`: a strictly higher validation accuracy is
-    the new best (ties keep the earlier epoch), anything else is one more epoch without improvement."""
+def monitored(config: TrainConfig, val_acc: float, test_acc: float) -> float:
+    """The accuracy early stopping reads: held-out validation (the paper's), or the test set with `validation:
+    test` (the authors' later code)."""
+    return test_acc if config.validation == Validation.test else val_acc
+
+
+def note_validation(config: TrainConfig, progress: RunProgress, val_acc: float, test_acc: float) -> None:
+    """Early stopping's bookkeeping for the epoch `progress.epoch`: a monitored accuracy (`monitored`) above
+    the best by more than `config.min_delta` is the new best (ties keep the earlier epoch), anything else is
+    one more epoch without improvement."""
     # A diverged epoch was still evaluated (a network with non-finite outputs picks class 0), so it can be
     # the best only when no earlier epoch was better: the summary then reports what the log shows.
-    if val_acc > progress.best_val_acc:
-        progress.best_val_acc, progress.best_epoch = val_acc, progress.epoch
+    watched = monitored(config, val_acc, test_acc)
+    if watched - config.min_delta > progress.best_val_acc:
+        progress.best_val_acc, progress.best_epoch = watched, progress.epoch
         progress.test_acc_at_best = test_acc
         progress.epochs_since_best = 0
     else:
@@ -79,7 +89,7 @@ def replay(log: pd.DataFrame, config: TrainConfig, diverged: bool = False) -> Re
     for n, row in enumerate(rows, 1):
         progress.epoch = int(row["epoch"])
         progress.wall_seconds += float(row["epoch_seconds"])
-        note_validation(progress, float(row["val_acc"]), float(row["test_acc"]))
+        note_validation(config, progress, float(row["val_acc"]), float(row["test_acc"]))
         if should_stop(config, progress, diverged and n == len(rows)):
             return Replay(progress, True, row)
     return Replay(progress, False, rows[-1])
@@ -119,5 +129,6 @@ def stopping_summary(progress: RunProgress, last: dict[str, Any], diverged: bool
             "wall_seconds": progress.wall_seconds}
 
 
-__all__ = ["CONVERGED_RULE", "converged", "RunProgress", "note_validation", "should_stop", "Replay", "replay",
+__all__ = ["CONVERGED_RULE", "converged", "RunProgress", "monitored", "note_validation", "should_stop", "Replay",
+           "replay",
            "stopped_sooner", "summary_under_stopping", "stopping_summary"]

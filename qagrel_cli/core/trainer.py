@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 
 from qagrel_cli.core.allocator import keep_freed_memory
-from qagrel_cli.core.config import Feedback, Optimizer, QagrelError, Rule, TrainConfig
+from qagrel_cli.core.config import Feedback, Init, Optimizer, QagrelError, Rule, TrainConfig
 from qagrel_cli.core.data import PixelScaling, Splits
-from qagrel_cli.core.models import QNetwork, build_network
+from qagrel_cli.core.models import QNetwork, network_for
 from qagrel_cli.core.rules import BatchStats, alignment_angles, bp_step, qagrel_step
 from qagrel_cli.core.stopping import RunProgress, note_validation
 
@@ -80,9 +80,9 @@ class Trainer:
         self.splits, self.device = splits, device
         if device.type == "cpu":
             keep_freed_memory()  # process-wide: every step reuses the last step's memory (allocator.py)
-        self.net: QNetwork = build_network(config.arch, config.fc, splits.input_shape, splits.num_classes,
-                                           config.conv_dropout)
-        self.net.reset_weights(config.init_range, config.feedback == Feedback.symmetric,
+        self.net: QNetwork = network_for(config, splits.input_shape, splits.num_classes)
+        self.net.reset_weights(config.init, config.init_sd if config.init == Init.normal else config.init_range,
+                               config.feedback == Feedback.symmetric,
                                torch.Generator().manual_seed(stream_seed(config.seed, "init")))
         self.net.to(device)
         self.scale = PixelScaling.fit(config.input_scaling, splits.train_x)
@@ -91,6 +91,7 @@ class Trainer:
         # exploration draws happen where the data lives.
         self.order_rng = torch.Generator().manual_seed(stream_seed(config.seed, "order"))
         self.trial_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, "trials"))
+        self.lr = config.lr  # alpha in the epoch being trained (config.lr_at)
         self.optimizer: torch.optim.Optimizer | None = None
         if config.rule == Rule.bp:
             opt_class = torch.optim.Adam if config.optimizer == Optimizer.adam else torch.optim.SGD
@@ -100,21 +101,29 @@ class Trainer:
     def batches_per_epoch(self) -> int:
         return math.ceil(self.splits.train_x.shape[0] / self.config.batch_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Alpha for epoch `epoch` (1-based), as the run's learning-rate schedule gives it."""
+        self.lr = self.config.lr_at(epoch)
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> BatchStats:
         """One weight update on a batch of trials."""
         if self.optimizer is None:
-            return qagrel_step(self.net, x, y, self.config.lr, self.config.epsilon, self.trial_rng,
+            return qagrel_step(self.net, x, y, self.lr, self.config.epsilon, self.trial_rng,
                                learn_feedback=self.config.feedback != Feedback.fixed)
         return bp_step(self.net, self.optimizer, x, y, self.trial_rng)
 
-    def run_epoch(self, on_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train on every training sample once, in a fresh random order.
+    def run_epoch(self, epoch: int, on_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train epoch `epoch` (1-based): every training sample once, in a fresh random order.
 
         Returns the summed reward (or BP correct count) and loss as device
         tensors; nothing here waits for the device. `on_batch(i, rewarded)` is
         called a few times per epoch for a live display.
         """
         data = self.splits
+        self.set_epoch(epoch)
         self.net.train()
         order = self.epoch_order()
         return run_batches(order, self.config.batch_size,
@@ -208,11 +217,11 @@ def record_epoch(trainer: Trainer, progress: RunProgress, *, rewarded: float, lo
         "test_acc": test_acc,
         "epoch_seconds": epoch_seconds,
         "samples_per_second": n_train / train_seconds,
-        "lr": config.lr,
+        "lr": config.lr_at(progress.epoch),
     }
     if config.feedback != Feedback.symmetric:
         row.update({f"angle_{n}": a for n, a in enumerate(alignment_angles(trainer.net))})
     progress.rows.append(row)
     progress.wall_seconds += epoch_seconds
-    note_validation(progress, val_acc, test_acc)
+    note_validation(config, progress, val_acc, test_acc)
     return not finite

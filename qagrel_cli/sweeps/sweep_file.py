@@ -1,7 +1,8 @@
 """Sweep files: a YAML grid of training runs, read, validated and expanded. Imports nothing of execution.
 
 A sweep file lists TrainConfig fields under `grid:`; lists are swept, scalars
-are fixed. `seeds: 10` is seeds 0-9 (or a list, or '0-4,7'). Each `include:`
+are fixed. `recipe:` (core/recipes.py) may stand among them: each run takes its
+recipe's values for the options the grid does not give. `seeds: 10` is seeds 0-9 (or a list, or '0-4,7'). Each `include:`
 entry is a copy of the grid with some keys replaced; `exclude:` entries drop
 every run that matches all their keys. `pack: K` trains up to K runs that
 differ only in seed as one seed pack (qagrel_cli/core/packs.py). Runs live in
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from qagrel_cli.core.config import CONFIG_FIELDS, QagrelError, TrainConfig, parse_seeds
+from qagrel_cli.core.recipes import recipe_options, with_recipe
 
 SWEEP_KEYS = ("name", "grid", "seeds", "pack", "include", "exclude")
 # The sweep file as it was run, kept in its results folder so that `qagrel status`
@@ -98,7 +100,7 @@ def parse_sweep(text: str, path: Path, default_name: str | None = None) -> Sweep
     configs: dict[str, TrainConfig] = {}
     for where, combo in combos:
         try:
-            config = TrainConfig.from_dict(combo)
+            config = TrainConfig.from_dict(with_recipe(combo))
         except QagrelError as err:  # a combination the single values did not reveal
             raise QagrelError(f"{path}: {where}: {err} (in {combo})") from None
         if not any(_matches(config, ex) for ex in excludes):
@@ -118,14 +120,16 @@ def _axes(path: Path, where: str, mapping: Any) -> dict[str, list[Any]]:
                           else f"{path}: {where}: must be a mapping of {hint}, got {mapping!r}")
     axes: dict[str, list[Any]] = {}
     for key, value in mapping.items():
-        if key not in CONFIG_FIELDS:
-            raise QagrelError(f"{path}: {where}: unknown key {key!r}; known: {', '.join(CONFIG_FIELDS)}")
+        if key not in CONFIG_FIELDS and key != "recipe":
+            raise QagrelError(f"{path}: {where}: unknown key {key!r}; known: recipe, {', '.join(CONFIG_FIELDS)}")
+        if key == "recipe" and where.startswith("exclude"):
+            raise QagrelError(f"{path}: {where}: exclude runs by the options a recipe sets, not by its name")
         values = value if isinstance(value, list) else [value]
         if not values:
             raise QagrelError(f"{path}: {where}.{key}: an empty list sweeps over nothing")
         for v in values:
-            try:  # TrainConfig owns every check of a value; repeat none of them here
-                TrainConfig.check_value(key, v)
+            try:  # TrainConfig (and recipes) own every check of a value; repeat none of them here
+                recipe_options(v, "conv") if key == "recipe" else TrainConfig.check_value(key, v)
             except QagrelError as err:
                 raise QagrelError(f"{path}: {where}.{key}: {err}") from None
         axes[key] = values
