@@ -13,6 +13,8 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.recipes import recipe_options, with_recipe
 from qagrel_cli.core.stopping import RunProgress, note_validation, replay
+from qagrel_cli.reports.table import build_table
+from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import parse_sweep
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -101,3 +103,40 @@ def test_train_recipe_option_shows_in_help_and_refuses_an_unknown_recipe():
     result = CliRunner().invoke(app, ["train", "--recipe", "keras"])
     assert result.exit_code == 2 and "keras" in result.output
     assert "brainprop" in CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+
+
+# ------------------------------------------------------------- in reports
+
+def fabricated_run(root: Path, seed: int = 0, **options) -> None:
+    """A finished run folder of `options` (a recipe may be among them) with 99 % test accuracy at epoch 40."""
+    config = TrainConfig.from_dict(with_recipe({"dataset": "mnist", "arch": "conv", "seed": seed, **options}))
+    folder = root / config.run_id
+    run_folder.write_config(folder, config)
+    run_folder.write_summary(folder, {
+        "run_id": config.run_id, "status": "finished", "stop_epoch": 40, "best_epoch": 20, "best_val_acc": 0.99,
+        "test_acc_at_best": 0.99, "test_acc_at_stop": 0.99, "num_classes": 10, "converged": True, "diverged": False,
+        "config": config.to_dict()})
+
+
+def test_the_table_names_each_rows_recipe_and_sets_a_recipe_row_beside_table_1(tmp_path):
+    fabricated_run(tmp_path, recipe="brainprop", padding="valid")
+    fabricated_run(tmp_path, recipe="brainprop", padding="valid", batch_norm=False)
+    fabricated_run(tmp_path)
+    table = build_table(read_results(tmp_path).runs, compare=True)
+    by_recipe = {dict(row.key.extras)["recipe"]: row for row in table.rows}
+    assert set(by_recipe) == {"paper", "brainprop but padding valid", "brainprop but batch_norm False, padding valid"}
+    for row in table.rows:  # alpha 0.1, batch 128, patience 45: the recipe's readings, not departures
+        assert row.paper is not None and row.paper.accuracy.mean == 99.17 and not row.differs
+
+
+def test_a_same_padding_row_shows_its_own_hidden_units_and_is_set_beside_table_1s_network(tmp_path):
+    fabricated_run(tmp_path, recipe="brainprop")
+    (row,) = build_table(read_results(tmp_path).runs, compare=True).rows
+    assert row.key.hidden_units == "25088-6272-500" and row.key.table1_units == "21632-5408-500"
+    assert row.paper is not None and dict(row.key.extras)["recipe"] == "brainprop"
+
+
+def test_a_run_at_another_alpha_without_the_recipe_is_still_not_set_beside_table_1(tmp_path):
+    fabricated_run(tmp_path, lr=0.1)
+    (row,) = build_table(read_results(tmp_path).runs, compare=True).rows
+    assert row.paper is None and row.differs == ("α 1e-01 (paper 1e+00)",)

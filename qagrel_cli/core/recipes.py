@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Mapping
 
-from qagrel_cli.core.config import Arch, QagrelError
+from qagrel_cli.core.config import Arch, QagrelError, TrainConfig, Validation
 
 
 class Recipe(str, Enum):
@@ -55,6 +55,25 @@ def recipe_options(name: str, arch: Arch | str) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
+def follows_brainprop(config: TrainConfig) -> bool:
+    """Whether `config` is a run of the authors' later recipe, whole or with components taken back to the
+    paper's: recognised by the test set as validation set, which nothing else in qagrel uses."""
+    return config.validation == Validation.test
+
+
+def recipe_label(config: TrainConfig) -> str:
+    """The recipe a run follows, for reports: 'paper', 'brainprop', or 'brainprop but' and the settings in
+    which it departs from the recipe (e.g. 'brainprop but batch_norm False')."""
+    if not follows_brainprop(config):
+        return "paper"
+    values = config.to_dict()
+    recipe = TrainConfig(**{**recipe_options("brainprop", config.arch), "arch": config.arch, "rule": config.rule,
+                            "dataset": config.dataset}).to_dict()
+    departures = [f"{name} {values[name]}" for name in (*RECIPE_FIELDS, "init_sd")
+                  if values[name] != recipe[name] and not (name == "init_sd" and values["init"] != "normal")]
+    return "brainprop" + (f" but {', '.join(departures)}" if departures else "")
+
+
 def with_recipe(options: Mapping[str, Any]) -> dict[str, Any]:
     """TrainConfig options from `options`, which may name a `recipe`: the recipe's values, then every option
     given beside it (which wins). Options without a recipe come back unchanged."""
@@ -70,4 +89,4 @@ def with_recipe(options: Mapping[str, Any]) -> dict[str, Any]:
     return {**recipe_options(str(name), arch), **options}
 
 
-__all__ = ["Recipe", "RECIPES", "RECIPE_FIELDS", "recipe_options", "with_recipe"]
+__all__ = ["Recipe", "RECIPES", "RECIPE_FIELDS", "recipe_options", "with_recipe", "follows_brainprop", "recipe_label"]

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import DEFAULTS
+from qagrel_cli.core.recipes import follows_brainprop
 from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.rows import TABLE1_FIELDS, RowKey, row_key, row_key_fields
 from qagrel_cli.reports.table import PaperRow, Stat, paper_row
@@ -85,7 +86,7 @@ def milestone_rows(results: Results) -> list[MilestoneRow]:
 
 
 def _row(key: RowKey, logs: list[pd.DataFrame], records: list[RunRecord]) -> MilestoneRow:
-    paper = paper_row(key)
+    paper = paper_row(key, any_alpha=follows_brainprop(records[0].config))
     budget, longest = min(int(log.index.max()) for log in logs), max(int(log.index.max()) for log in logs)
     implied = None if paper is None or paper.epochs.mean is None else round(paper.epochs.mean) - PATIENCE
     at_implied = [100 * float(log.at[implied, "test_acc"]) for log in logs if implied in log.index]

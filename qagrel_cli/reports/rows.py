@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, ENUM_FIELDS, PROTOCOL_READINGS,
                                     RULE_NAMES, RULE_OF_SETTING, TrainConfig)
+from qagrel_cli.core.recipes import follows_brainprop, recipe_label
 from qagrel_cli.sweeps.results import RunRecord
 
 TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
@@ -35,6 +36,7 @@ class RowKey:
     hidden_units: str
     lr: float
     extras: tuple[tuple[str, Any], ...] = ()
+    table1_units: str = ""  # the hidden units of Table 1's network for this row (padding 'same' changes them)
 
     @property
     def sort_key(self) -> tuple:
@@ -112,7 +114,9 @@ def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
     A setting that only differs between rows (init_range is 0.05 for fc and
     0.02 for conv by default) needs no column of its own. A protocol reading
     (PROTOCOL_READINGS) gets one whenever a run departs from the literal reading,
-    so a row trained with Adam never passes for the paper's plain SGD.
+    so a row trained with Adam never passes for the paper's plain SGD. When any
+    run follows the authors' later recipe, a first column, `recipe`, names the
+    recipe each row follows (`recipes.recipe_label`).
     """
     values: dict[tuple[tuple, str], set[str]] = {}
     for record in records:
@@ -122,14 +126,15 @@ def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
             values.setdefault((table1, name), set()).add(json.dumps(value))
     varying = {name for (_, name), seen in values.items()
                if len(seen) > 1 or (name in PROTOCOL_READINGS and seen != {json.dumps(DEFAULTS[name])})}
-    return [*TABLE1_FIELDS, *[f for f in CONFIG_FIELDS if f in varying and f not in _NOT_ROW_FIELDS]]
+    recipe = ["recipe"] if any(follows_brainprop(record.config) for record in records) else []
+    return [*TABLE1_FIELDS, *recipe, *[f for f in CONFIG_FIELDS if f in varying and f not in _NOT_ROW_FIELDS]]
 
 
 def row_key(record: RunRecord, fields: list[str]) -> RowKey:
     """The row `record` belongs to, given the fields from `row_key_fields`."""
-    config = record.config.to_dict()
+    config = {**record.config.to_dict(), "recipe": recipe_label(record.config)}
     return RowKey(config["dataset"], config["rule"], config["arch"], record.hidden_units, float(config["lr"]),
-                  tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]))
+                  tuple((f, config[f]) for f in fields[len(TABLE1_FIELDS):]), record.table1_units)
 
 
 __all__ = ["RowKey", "TABLE1_FIELDS", "table1_order", "readings_order", "row_key", "row_key_fields", "settings",

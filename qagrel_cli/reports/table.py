@@ -29,6 +29,7 @@ from typing import Any
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, PROTOCOL_READINGS, RULE_OF_SETTING,
                                     QagrelError, Rule, TrainConfig)
+from qagrel_cli.core.recipes import follows_brainprop, recipe_options
 from qagrel_cli.core.stopping import converged, stopped_sooner, summary_under_stopping
 from qagrel_cli.reports.rows import (TABLE1_FIELDS, RowKey, format_alpha, format_setting, readings_order, row_key,
                                      row_key_fields, table1_order)
@@ -70,10 +71,13 @@ def protocol_differences(config: TrainConfig) -> list[str]:
     """
     keep = {name: getattr(config, name) for name in _COMPARABLE_WHATEVER}
     paper = TrainConfig(**keep)  # every other field at its default: alpha and init range resolved for the row
+    # A run of the authors' later recipe is a reading of the paper by its authors: the recipe's own values
+    # (alpha, batch size, patience) are readings too, so the row is set beside Table 1's.
+    recipe = recipe_options("brainprop", config.arch) if follows_brainprop(config) else {}
     differences = []
     for name in CONFIG_FIELDS:
         ours, theirs = getattr(config, name), getattr(paper, name)
-        if name in _COMPARABLE_WHATEVER or ours == theirs:
+        if name in _COMPARABLE_WHATEVER or ours == theirs or (name in recipe and ours == recipe[name]):
             continue
         shown = {"lr": "α"}.get(name, name)
         differences.append(f"{shown} {_setting(name, ours)} (paper {_setting(name, theirs)})")
@@ -238,7 +242,8 @@ def build_table(records: list[RunRecord], *, source: str = "", epochs_at: Epochs
     groups: dict[RowKey, list[RunRecord]] = {}
     for record in finished:
         groups.setdefault(row_key(record, fields), []).append(record)
-    paper = {_paper_match(p.key): p for p in paper_table()} if compare else {}
+    # Alpha is left to `protocol_differences`: a row at another alpha is set beside Table 1 only as a reading.
+    paper = {_paper_match(p.key, alpha=False): p for p in paper_table()} if compare else {}
     rows = []
     for key, group in sorted(groups.items(), key=lambda item: item[0].sort_key):
         ok = [r for r in group if is_converged(r.summary, converged_above)]
@@ -247,7 +252,7 @@ def build_table(records: list[RunRecord], *, source: str = "", epochs_at: Epochs
         # A row's runs differ only in seed and device (else row_key would split them), so one run speaks for all.
         differs = tuple(protocol_differences(group[0].config)) if compare else ()
         rows.append(Row(key, Stat.of(epochs), Stat.of(accuracy), len(ok), len(group),
-                        None if differs else paper.get(_paper_match(key)), differs))
+                        None if differs else paper.get(_paper_match(key, alpha=False)), differs))
     return ResultTable(source=source, rows=rows, extra_fields=fields[len(TABLE1_FIELDS):],
                        unfinished=len(records) - len(finished), epochs_at=epochs_at, accuracy_at=accuracy_at,
                        converged_above=converged_above,
@@ -343,14 +348,18 @@ def paper_table() -> tuple[PaperRow, ...]:
                  for r in csv.DictReader(io.StringIO(text)))
 
 
-def paper_row(key: RowKey) -> PaperRow | None:
-    """The paper's Table 1 row for `key` (its extra settings ignored), if Table 1 has one."""
-    return {_paper_match(p.key): p for p in paper_table()}.get(_paper_match(key))
+def paper_row(key: RowKey, any_alpha: bool = False) -> PaperRow | None:
+    """The paper's Table 1 row for `key` (its extra settings ignored), if Table 1 has one; with `any_alpha`
+    whatever its alpha (a run of the authors' later recipe, whose alpha is its own)."""
+    alpha = not any_alpha
+    return {_paper_match(p.key, alpha): p for p in paper_table()}.get(_paper_match(key, alpha))
 
 
-def _paper_match(key: RowKey) -> tuple:
-    """Table 1's part of a key (extras ignored), with alpha rounded so that 1e-3 == 0.001."""
-    return key.dataset, key.rule, key.arch, key.hidden_units, f"{key.lr:.6g}"
+def _paper_match(key: RowKey, alpha: bool = True) -> tuple:
+    """Table 1's part of a key: dataset, rule, first layer, the hidden units of Table 1's network (padding
+    ignored) and, with `alpha`, alpha rounded so that 1e-3 == 0.001."""
+    return (key.dataset, key.rule, key.arch, key.table1_units or key.hidden_units,
+            *([f"{key.lr:.6g}"] if alpha else []))
 
 
 __all__ = ["Row", "Stat", "PaperRow", "Ratio", "ResultTable", "EpochsAt", "AccuracyAt", "Compare", "build_table",

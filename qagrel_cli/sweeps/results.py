@@ -33,6 +33,14 @@ class RunRecord:
         from qagrel_cli.core.data import input_shape  # torch: only when a view needs the sizes
         from qagrel_cli.core.models import hidden_units
 
+        return hidden_units(self.config.arch, self.config.fc, input_shape(self.config.dataset), self.config.padding)
+
+    @property
+    def table1_units(self) -> str:
+        """The hidden units of the network Table 1 names for this run: its own, with the paper's padding."""
+        from qagrel_cli.core.data import input_shape
+        from qagrel_cli.core.models import hidden_units
+
         return hidden_units(self.config.arch, self.config.fc, input_shape(self.config.dataset))
 
 
