@@ -134,7 +134,7 @@ def test_bp_with_adam_trains(mnist_dir, tmp_path):
 
 
 def test_qagrel_refuses_an_optimizer():
-    with pytest.raises(QagrelError, match="bp only"):
+    with pytest.raises(QagrelError, match="applies to rule bp, fa, dfa only"):
         train(tiny(optimizer="adam"), Path("/nonexistent/never-written"))
 
 

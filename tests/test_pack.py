@@ -5,7 +5,10 @@ Tolerance: the vmap strategy computes the same equations on stacked weights
 train_loss and the alignment angles are compared to rtol 1e-5 (measured
 differences: below 5e-7 absolute on losses near 2.3, 2e-6 degrees). Rewards and accuracies are counts divided by
 the sample count and must be equal exactly; so must every non-timing value
-of the summary. The loop strategy runs the members' own steps, so it must be
+of the summary. The angle of each update to Error-BP's gradient is measured
+on a probe batch from a first-layer update that is a long sum of small products,
+which the pack's rounding moves most: it is compared to 0.05 degrees (measured:
+up to 0.006). The loop strategy runs the members' own steps, so it must be
 bitwise equal.
 
 The vmap cases run on the CPU and, marked `cuda`, on a CUDA device, where the
@@ -64,6 +67,9 @@ def tiny(**overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
+UPDATE_ANGLE_ATOL = 0.05  # degrees
+
+
 def one_by_one(config: TrainConfig, seeds: list[int], root: Path, data_dir: Path) -> list[dict]:
     return [engine.train(dataclasses.replace(config, seed=s), root / dataclasses.replace(config, seed=s).run_id,
                          data_dir=data_dir, quiet=True) for s in seeds]
@@ -75,9 +81,11 @@ def assert_same_run_folders(packed: Path, alone: Path, exact: bool) -> None:
     a, b = runs.read_log(packed), runs.read_log(alone)
     assert list(a.columns) == list(b.columns)
     rounded = ["train_loss"] + [c for c in a.columns if c.startswith("angle_")]  # sums of products of floats
-    others = [c for c in a.columns if c not in TIMING and c not in rounded]
+    update_angles = [c for c in a.columns if c.startswith(runs.BP_ANGLE_PREFIX)]
+    others = [c for c in a.columns if c not in TIMING and c not in rounded + update_angles]
     pd.testing.assert_frame_equal(a[others], b[others], check_exact=True)
     pd.testing.assert_frame_equal(a[rounded], b[rounded], check_exact=exact, rtol=1e-5, atol=0)
+    pd.testing.assert_frame_equal(a[update_angles], b[update_angles], check_exact=exact, rtol=0, atol=UPDATE_ANGLE_ATOL)
     summary_a, summary_b = runs.read_summary(packed), runs.read_summary(alone)
     assert summary_a.keys() == summary_b.keys()
     assert {k: v for k, v in summary_a.items() if k != "wall_seconds"} == \

@@ -91,7 +91,8 @@ def test_an_init_range_with_he_init_is_refused():
 @pytest.mark.parametrize("rule, setting, value", [("qagrel", "optimizer", "adam"), ("bp", "epsilon", 0.05),
                                                   ("bp", "feedback", "random"), ("bp", "feedback", "fixed")])
 def test_a_setting_the_rule_does_not_read_is_refused(rule, setting, value):
-    with pytest.raises(QagrelError, match=f"^{setting} applies to rule {'bp' if rule == 'qagrel' else 'qagrel'} only"):
+    readers = "bp, fa, dfa" if setting == "optimizer" else "qagrel"
+    with pytest.raises(QagrelError, match=f"^{setting} applies to rule {readers} only"):
         TrainConfig(rule=rule, **{setting: value})
 
 

@@ -213,7 +213,7 @@ def test_run_ids_are_the_same_in_another_process():
     ("grid: {rule: bp}\nseeds: -1\n", ["seeds:", "-1"]),
     ("grid: {rule: bp, seed: 1}\nseeds: 3\n", ["either seeds: or grid.seed"]),
     ("grid: {rule: bp}\nexclude:\n  - {rule: bp}\n", ["expands to no runs"]),
-    ("grid: {rule: [qagrel, bp], optimizer: adam}\n", ["grid:", "optimizer applies to rule bp only",
+    ("grid: {rule: [qagrel, bp], optimizer: adam}\n", ["grid:", "optimizer applies to rule bp, fa, dfa only",
                                                        "'rule': 'qagrel'"]),
     ("grid: {rule: [bp\n", ["not valid YAML"]),
 ])

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping
 
-
-class QagrelError(Exception):
-    """A user-facing error: printed as one line, never as a traceback."""
+from qagrel_cli.core.catalog import (ARCH_NAMES, RULE_NAMES, RULE_SETTINGS, Arch, QagrelError, Rule, arch_info, reads,
+                                     rule_info)
 
 
 class Dataset(str, Enum):
@@ -26,17 +25,6 @@ class Dataset(str, Enum):
     fashion_mnist = "fashion-mnist"
     cifar10 = "cifar10"
     cifar100 = "cifar100"
-
-
-class Arch(str, Enum):
-    conv = "conv"
-    loccon = "loccon"
-    fc = "fc"
-
-
-class Rule(str, Enum):
-    qagrel = "qagrel"
-    bp = "bp"
 
 
 class Optimizer(str, Enum):
@@ -76,30 +64,13 @@ class Validation(str, Enum):
 # The init SD of `init: normal` when none is given: the authors' later code (BrainProp, get_architecture.py).
 NORMAL_INIT_SD = {"fc": 0.01, "conv": 0.005}
 
-# Table 1's names, in Table 1's order (tables, figures and estimates all print these).
+# Table 1's names, in Table 1's order (tables, figures and estimates all print these; rules and
+# architectures are named by their records, core/catalog.py).
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
-RULE_NAMES = {"qagrel": "Q-AGREL", "bp": "Error-BP"}
-ARCH_NAMES = {"fc": "Full", "conv": "Conv", "loccon": "LocCon"}
-
-# Table 1's learning rates (alpha): (rule, arch, dataset family) -> lr.
-_PAPER_LR: dict[tuple[Rule, str, str], float] = {
-    (Rule.qagrel, "fc", "mnist"): 0.5,
-    (Rule.qagrel, "conv", "mnist"): 1.0,
-    (Rule.qagrel, "conv", "cifar"): 1.0,
-    (Rule.bp, "fc", "mnist"): 0.1,
-    (Rule.bp, "conv", "mnist"): 0.01,
-    (Rule.bp, "conv", "cifar"): 0.001,
-}
 
 # Section 3: "a dropout of 0.8 (i.e. 80% of the neurons in the layer were silent)" after the strided conv
 # layer. The literal reading and the default of `conv_dropout`; 0.2 reads the 0.8 as a keep probability.
 CONV_DROPOUT = 0.8
-
-DEFAULT_FC: dict[Arch, tuple[int, ...]] = {
-    Arch.conv: (500,),
-    Arch.loccon: (500,),
-    Arch.fc: (1500, 1000, 500),
-}
 
 # Fields that change how a run is executed but not what it computes.
 _NOT_IDENTITY = frozenset({"device"})
@@ -121,13 +92,6 @@ ENUM_FIELDS: dict[str, type[Enum]] = {"dataset": Dataset, "arch": Arch, "rule": 
 _CONV_ONLY = {"conv_dropout": "a fully connected net has no strided conv layer",
               "batch_norm": "batch normalisation follows the conv and loccon layers only",
               "padding": "a fully connected net has no filters to pad"}
-# Settings that one rule alone reads; the other rule's runs hold the default. A report
-# sets a Q-AGREL row beside an Error-BP row whatever either holds in the other's settings.
-RULE_OF_SETTING: dict[str, Rule] = {"optimizer": Rule.bp, "epsilon": Rule.qagrel, "feedback": Rule.qagrel}
-# Why the other rule cannot take a setting of RULE_OF_SETTING: the error that says so.
-_WHY_ONE_RULE = {"optimizer": "Q-AGREL applies its four-factor update directly",
-                 "epsilon": "Error-BP selects no action, it learns from every output unit",
-                 "feedback": "Error-BP never uses the feedback weights W'"}
 
 
 def dataset_family(dataset: Dataset) -> str:
@@ -136,12 +100,9 @@ def dataset_family(dataset: Dataset) -> str:
 
 
 def paper_lr(rule: Rule, arch: Arch, dataset: Dataset) -> float:
-    """Table 1's learning rate for this combination (loccon shares conv's)."""
-    kind = "fc" if arch == Arch.fc else "conv"
-    key = (rule, kind, dataset_family(dataset))
-    if key not in _PAPER_LR:  # only fc on CIFAR is absent from Table 1
-        key = (rule, kind, "mnist")
-    return _PAPER_LR[key]
+    """The rule's default alpha for this architecture and dataset: Table 1's for Q-AGREL and Error-BP."""
+    alphas, family = rule_info(rule).lr, arch_info(arch).family
+    return alphas.get((family, dataset_family(dataset)), alphas[(family, "mnist")])  # Table 1 has no fc on CIFAR
 
 
 def parse_fc(text: str | int | list | tuple | None) -> tuple[int, ...] | None:
@@ -204,10 +165,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_fields()
-        for name, rule in RULE_OF_SETTING.items():
-            if self.rule != rule and getattr(self, name) != self.__dataclass_fields__[name].default:
-                raise QagrelError(f"{name} applies to rule {rule.value} only: {_WHY_ONE_RULE[name]}")
-        if self.arch == Arch.fc:
+        for name in RULE_SETTINGS:
+            if not reads(self.rule, name) and getattr(self, name) != self.__dataclass_fields__[name].default:
+                readers = ", ".join(r.value for r in Rule if reads(r, name))
+                raise QagrelError(f"{name} applies to rule {readers} only: {rule_info(self.rule).why_not}")
+        if not arch_info(self.arch).conv_layers:
             for name, why in _CONV_ONLY.items():
                 if getattr(self, name) != self.__dataclass_fields__[name].default:
                     raise QagrelError(f"{name} applies to arch conv and loccon only: {why}")
@@ -238,8 +200,6 @@ class TrainConfig:
                 choices = ", ".join(e.value for e in enum)
                 raise QagrelError(f"unknown {name} {value!r}; choose one of: {choices}") from None
         object.__setattr__(self, "fc", parse_fc(self.fc))
-        if self.arch != Arch.fc and self.fc is not None and len(self.fc) == 0:
-            raise QagrelError("fc needs at least one hidden layer")
         for name in ("seed", "batch_size", "max_epochs", "patience", "val_size", "lr_halve_every"):
             _check_int(name, getattr(self, name), minimum=0 if name in ("seed", "val_size", "lr_halve_every") else 1)
         if not isinstance(self.batch_norm, bool):
@@ -268,13 +228,13 @@ class TrainConfig:
     def _resolve(self) -> None:
         """Fill every paper default (fc sizes, learning rate, init range or SD; He init has neither)."""
         if self.fc is None:
-            object.__setattr__(self, "fc", DEFAULT_FC[self.arch])
+            object.__setattr__(self, "fc", arch_info(self.arch).default_fc)
         if self.lr is None:
             object.__setattr__(self, "lr", paper_lr(self.rule, self.arch, self.dataset))
         if self.init_range is None and self.init == Init.uniform:
-            object.__setattr__(self, "init_range", 0.05 if self.arch == Arch.fc else 0.02)
+            object.__setattr__(self, "init_range", arch_info(self.arch).init_range)
         if self.init_sd is None and self.init == Init.normal:
-            object.__setattr__(self, "init_sd", NORMAL_INIT_SD["fc" if self.arch == Arch.fc else "conv"])
+            object.__setattr__(self, "init_sd", NORMAL_INIT_SD[arch_info(self.arch).family])
 
     def lr_at(self, epoch: int) -> float:
         """Alpha in epoch `epoch` (1-based): `lr`, halved after every `lr_halve_every` epochs when that is set."""
@@ -362,6 +322,6 @@ CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainC
 DEFAULTS: dict[str, Any] = TrainConfig().to_dict()  # every option's default (fc, lr, init_range: conv MNIST's)
 __all__ = ["TrainConfig", "QagrelError", "Dataset", "Arch", "Rule", "Optimizer", "Feedback", "Init", "InputScaling",
            "Padding", "Validation", "NORMAL_INIT_SD",
-           "CONFIG_FIELDS", "DEFAULTS", "ENUM_FIELDS", "FIELDS_ADDED_LATER", "PROTOCOL_READINGS", "RULE_OF_SETTING",
-           "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "CONV_DROPOUT", "DEFAULT_FC", "DATASET_NAMES",
+           "CONFIG_FIELDS", "DEFAULTS", "ENUM_FIELDS", "FIELDS_ADDED_LATER", "PROTOCOL_READINGS", "RULE_SETTINGS",
+           "reads", "paper_lr", "parse_fc", "parse_seeds", "dataset_family", "CONV_DROPOUT", "DATASET_NAMES",
            "RULE_NAMES", "ARCH_NAMES"]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qagrel_cli.core.catalog import FeedbackSource, arch_info, rule_info
 from qagrel_cli.core.config import CONV_DROPOUT, Arch, Init, Padding, TrainConfig
 from qagrel_cli.core.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear, LocallyConnected2d
 
@@ -141,13 +142,20 @@ class QNetwork(nn.Module):
         if trace.keep is not None:
             feedback = (feedback * trace.keep).mul_(1.0 / (1.0 - p))
         bn = self.batch_norm[str(n)]
-        # The batch's statistics, as the training forward pass used them (biased variance).
-        var, mean = torch.var_mean(trace.relu, dim=(0, 2, 3), correction=0)
-        invstd = torch.rsqrt(var + bn.eps)
+        if self.training:  # the batch's statistics, as the training forward pass used them (biased variance)
+            var, mean = torch.var_mean(trace.relu, dim=(0, 2, 3), correction=0)
+            statistics = (None, None, mean, torch.rsqrt(var + bn.eps))
+        else:  # evaluation normalises by the running statistics: batch norm is then a fixed affine map
+            statistics = (bn.running_mean, bn.running_var, None, None)
         # The fused kernel autograd uses for batch norm's backward: (d input, d scale, d shift).
         at_relu, d_scale, d_shift = torch.ops.aten.native_batch_norm_backward(
-            feedback, trace.relu, bn.weight, None, None, mean, invstd, True, bn.eps, [True, True, True])
+            feedback, trace.relu, bn.weight, *statistics, self.training, bn.eps, [True, True, True])
         return torch.ops.aten.threshold_backward(at_relu, trace.relu, 0), d_scale, d_shift
+
+    def direct_feedback(self, n: int) -> torch.Tensor:
+        """Direct feedback alignment's fixed matrix B_n (classes x hidden layer n's units), from the output
+        to hidden layer n."""
+        return getattr(self, f"direct_feedback_{n}")
 
     def hidden_shapes(self, input_shape: tuple[int, ...]) -> list[torch.Size]:
         """The shape of one sample's activity at every hidden layer, from a probe through the built layers."""
@@ -171,33 +179,54 @@ class QNetwork(nn.Module):
         starts as the identity (scale 1, shift 0).
         """
         for layer in self.layers:
-            if init == Init.normal:
-                layer.reset_weights(lambda w: w.normal_(0.0, scale, generator=generator), symmetric)
-            else:
-                bound = scale if init == Init.uniform else math.sqrt(6.0 / layer.fan_in)
-                layer.reset_weights(lambda w: w.uniform_(-bound, bound, generator=generator), symmetric)
+            layer.reset_weights(functools.partial(_draw, init=init, scale=scale, fan_in=layer.fan_in,
+                                                  generator=generator), symmetric)
         for bn in self.batch_norm.values():
             bn.reset_parameters()
+        # Direct feedback's matrices B_n after every W, each from the law of the layer above hidden layer n.
+        for n in range(len(self.layers) - 1):
+            if hasattr(self, f"direct_feedback_{n}"):
+                with torch.no_grad():
+                    _draw(self.direct_feedback(n), init, scale, self.layers[n + 1].fan_in, generator)
+
+
+def _draw(tensor: torch.Tensor, init: Init, scale: float | None, fan_in: int, generator: torch.Generator) -> None:
+    """Fill `tensor` in place from the initial law `init` (see `QNetwork.reset_weights`)."""
+    if init == Init.normal:
+        tensor.normal_(0.0, scale, generator=generator)
+    else:
+        bound = scale if init == Init.uniform else math.sqrt(6.0 / fan_in)
+        tensor.uniform_(-bound, bound, generator=generator)
+
+
+def first_layer(arch: Arch, input_shape: tuple[int, int, int], padding: int) -> FeedbackLayer:
+    """The first layer of a conv or loccon net: 32 3x3 filters, shared (conv) or per position (loccon)."""
+    channels, height, width = input_shape
+    match Arch(arch):
+        case Arch.conv:
+            return FeedbackConv2d(channels, CONV_CHANNELS, 3, padding=padding)
+        case Arch.loccon:
+            return LocallyConnected2d(channels, CONV_CHANNELS, 3, (height, width), padding=padding)
+        case _:
+            raise ValueError(f"{arch} has no conv/loccon first layer")
 
 
 def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, int],
                   num_classes: int, conv_dropout: float = CONV_DROPOUT, padding: Padding = Padding.valid,
-                  batch_norm: bool = False) -> QNetwork:
+                  batch_norm: bool = False, direct_feedback: bool = False) -> QNetwork:
     """Build `arch` for images of `input_shape` (C, H, W) with hidden fc sizes `fc`; `conv_dropout` is the
     fraction of the strided conv layer's units silenced in training, `padding` the first layer's, and
-    `batch_norm` normalises both conv/loccon layers (conv and loccon only)."""
+    `batch_norm` normalises both conv/loccon layers (conv and loccon only). `direct_feedback` adds a fixed
+    matrix from the output to every hidden layer (direct feedback alignment)."""
     channels, height, width = input_shape
     layers: list[FeedbackLayer] = []
     dropout: list[float] = []
     norms: dict[int, nn.BatchNorm2d] = {}
-    if arch == Arch.fc:
+    if not arch_info(arch).conv_layers:
         n_in = channels * height * width
     else:
         pad = 1 if Padding(padding) == Padding.same else 0
-        if arch == Arch.conv:
-            layers.append(FeedbackConv2d(channels, CONV_CHANNELS, 3, padding=pad))
-        else:
-            layers.append(LocallyConnected2d(channels, CONV_CHANNELS, 3, (height, width), padding=pad))
+        layers.append(first_layer(arch, input_shape, pad))
         h1, w1 = height - 2 + 2 * pad, width - 2 + 2 * pad  # 3x3: valid 28 -> 26, same 28 -> 28
         # 3x3 stride 2 'same': padding 1 gives ceil(n / 2) outputs, 26 -> 13 and 30 -> 15.
         layers.append(FeedbackConv2d(CONV_CHANNELS, CONV_CHANNELS, 3, stride=2, padding=1))
@@ -212,13 +241,17 @@ def build_network(arch: Arch, fc: tuple[int, ...], input_shape: tuple[int, int, 
         dropout.append(LAST_HIDDEN_DROPOUT if (last and arch != Arch.fc) else 0.0)
         n_in = units
     layers.append(FeedbackLinear(n_in, num_classes))
-    return QNetwork(layers, dropout, norms)
+    net = QNetwork(layers, dropout, norms)
+    if direct_feedback:
+        for n, shape in enumerate(net.hidden_shapes(input_shape)):
+            net.register_buffer(f"direct_feedback_{n}", torch.empty(num_classes, shape.numel()))
+    return net
 
 
 def network_for(config: TrainConfig, input_shape: tuple[int, int, int], num_classes: int) -> QNetwork:
     """The network `config` trains, for images of `input_shape` and `num_classes` outputs (not initialised)."""
     return build_network(config.arch, config.fc, input_shape, num_classes, config.conv_dropout, config.padding,
-                         config.batch_norm)
+                         config.batch_norm, rule_info(config.rule).feedback == FeedbackSource.direct)
 
 
 @functools.lru_cache(maxsize=None)

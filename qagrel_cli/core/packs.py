@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from qagrel_cli.core.catalog import rule_info
 from qagrel_cli.core.config import Feedback, QagrelError, Rule, TrainConfig
 from qagrel_cli.core.data import PixelScaling
 from qagrel_cli.core.models import QNetwork, network_for
@@ -132,6 +133,9 @@ class VmapPack:
             # Each member would need its own running statistics, updated inside vmap: not built.
             raise QagrelError("a vmapped seed pack cannot train batch_norm (each member would need its own running "
                               "statistics): use strategy loop, which trains the members in turn")
+        if not rule_info(self.config.rule).vmappable:
+            raise QagrelError(f"a vmapped seed pack cannot train rule {self.config.rule.value}: use strategy loop, "
+                              "which trains the members in turn")
         self.hidden_shapes = first.net.hidden_shapes(first.splits.input_shape)
         # The members' architecture holding the stacked tensors; functional_call gives it one member's slices.
         self.stacked = network_for(self.config, first.splits.input_shape, first.splits.num_classes).to(self.device)
@@ -139,6 +143,11 @@ class VmapPack:
         self._qagrel_learn = vmap(self._per_member(_qagrel_learn_tuple), in_dims=(0, 0, 0, 0, 0, 0))
         self._bp_loss = vmap(_bp_loss_tuple)
         self.set_members(members)
+
+    @staticmethod
+    def can_train(config: TrainConfig) -> bool:
+        """Whether a vmapped pack can train runs of `config` (its rule vmaps, and it has no batch norm)."""
+        return rule_info(config.rule).vmappable and not config.batch_norm
 
     def _per_member(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """fn(net, *args) as a function of (member tensors, *args), for vmap."""
@@ -200,9 +209,13 @@ class VmapPack:
         """One weight update of every member on its own batch: x (K, B, C, H, W), labels (K, B)."""
         # Each member's dropout draws first, from its own generator, as its forward pass would make them.
         noise = self.stacked.dropout_noise(x.shape[1], self.hidden_shapes, self._generators())
-        if self.config.rule == Rule.bp:
-            return self._bp_step(x, labels, noise)
-        return self._qagrel_step(x, labels, noise)
+        match self.config.rule:
+            case Rule.qagrel:
+                return self._qagrel_step(x, labels, noise)
+            case Rule.bp:
+                return self._bp_step(x, labels, noise)
+            case _:  # refused when the pack was made (RuleInfo.vmappable)
+                raise AssertionError(f"no vmapped step for rule {self.config.rule.value}")
 
     def _generators(self) -> list[torch.Generator]:
         return [m.trainer.trial_rng for m in self.members]

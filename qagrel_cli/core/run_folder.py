@@ -49,9 +49,13 @@ LEDGER_FILES = frozenset({LOCK_FILE, ERROR_FILE})
 # A finished run is read from these alone: what is kept and copied of it (never the checkpoint or lock).
 RESULT_FILES = (CONFIG_FILE, SUMMARY_FILE, LOG_FILE)
 
-# The epoch-log columns, in order (alignment angles `angle_<layer>` follow when recorded).
+# The epoch-log columns, in order; per-layer angles follow: `bp_angle_<layer>` (the rule's update against
+# Error-BP's gradient, every run since they were added) and `angle_<layer>` (W against W'^T, where W' starts
+# apart from W).
 LOG_COLUMNS = ("epoch", "train_reward", "train_loss", "val_acc", "test_acc",
                "epoch_seconds", "samples_per_second", "lr")
+ANGLE_PREFIX = "angle_"
+BP_ANGLE_PREFIX = "bp_angle_"
 
 
 class DamagedFile(QagrelError):

@@ -16,14 +16,22 @@ from typing import Any, Callable
 import torch
 
 from qagrel_cli.core.allocator import keep_freed_memory
-from qagrel_cli.core.config import Feedback, Init, Optimizer, QagrelError, Rule, TrainConfig
+from qagrel_cli.core.catalog import FeedbackSource, rule_info
+from qagrel_cli.core.run_folder import ANGLE_PREFIX, BP_ANGLE_PREFIX
+from qagrel_cli.core.config import Feedback, Init, Optimizer, QagrelError, TrainConfig
 from qagrel_cli.core.data import PixelScaling, Splits
 from qagrel_cli.core.models import QNetwork, network_for
-from qagrel_cli.core.rules import BatchStats, alignment_angles, bp_step, qagrel_step
+from qagrel_cli.core.rules import (RULE_UPDATES, BatchStats, StepSettings, alignment_angles, angles_to_bp,
+                                   apply_weight_changes, optimizer_step)
 from qagrel_cli.core.stopping import RunProgress, note_validation
 
 EVAL_BATCH = 1000
 LIVE_UPDATES_PER_EPOCH = 10  # a live display reads device metrics this often, never per batch
+# The fixed probe batch on which every epoch's update angles to Error-BP's gradient are measured: the first
+# images of the run's validation set (never trained on), and the seed of Q-AGREL's action draws there.
+ANGLE_PROBE_SIZE = 100
+ANGLE_PROBE_SEED = 0
+
 def resolve_device(spec: str) -> torch.device:
     """'auto' -> CUDA if present, else MPS if present, else CPU; explicit devices are checked."""
     if spec == "auto":
@@ -67,6 +75,13 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def feedback_drawn_apart(config: TrainConfig) -> bool:
+    """Whether the run's feedback weights W' start apart from W: Q-AGREL with random or fixed feedback, and
+    feedback alignment (whose W' is fixed random). Their runs log the angle between W and W'^T."""
+    source = rule_info(config.rule).feedback
+    return source == FeedbackSource.fixed or (source == FeedbackSource.setting and config.feedback != Feedback.symmetric)
+
+
 def stream_seed(seed: int, stream: str) -> int:
     """Independent 63-bit seeds per random stream (init, data order, trial draws) from one run seed."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
@@ -80,9 +95,10 @@ class Trainer:
         self.splits, self.device = splits, device
         if device.type == "cpu":
             keep_freed_memory()  # process-wide: every step reuses the last step's memory (allocator.py)
+        self.rule = rule_info(config.rule)
         self.net: QNetwork = network_for(config, splits.input_shape, splits.num_classes)
         self.net.reset_weights(config.init, config.init_sd if config.init == Init.normal else config.init_range,
-                               config.feedback == Feedback.symmetric,
+                               not feedback_drawn_apart(config),
                                torch.Generator().manual_seed(stream_seed(config.seed, "init")))
         self.net.to(device)
         self.scale = PixelScaling.fit(config.input_scaling, splits.train_x)
@@ -93,7 +109,7 @@ class Trainer:
         self.trial_rng = torch.Generator(device=device).manual_seed(stream_seed(config.seed, "trials"))
         self.lr = config.lr  # alpha in the epoch being trained (config.lr_at)
         self.optimizer: torch.optim.Optimizer | None = None
-        if config.rule == Rule.bp:
+        if self.rule.uses_optimizer:
             opt_class = torch.optim.Adam if config.optimizer == Optimizer.adam else torch.optim.SGD
             self.optimizer = opt_class(self.net.parameters(), lr=config.lr)
 
@@ -109,11 +125,20 @@ class Trainer:
                 group["lr"] = self.lr
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> BatchStats:
-        """One weight update on a batch of trials."""
-        if self.optimizer is None:
-            return qagrel_step(self.net, x, y, self.lr, self.config.epsilon, self.trial_rng,
-                               learn_feedback=self.config.feedback != Feedback.fixed)
-        return bp_step(self.net, self.optimizer, x, y, self.trial_rng)
+        """One weight update on a batch of trials: the rule's updates, applied by its optimizer or by itself."""
+        updates, stats = RULE_UPDATES[self.config.rule](self.net, x, y, StepSettings(self.lr, self.config.epsilon,
+                                                                                      self.trial_rng))
+        if self.optimizer is not None:
+            return optimizer_step(self.net, self.optimizer, updates, stats)
+        apply_weight_changes(self.net, updates, learn_feedback=self.config.feedback != Feedback.fixed)
+        return stats
+
+    def angles_to_bp(self) -> list[float]:
+        """Per layer, the angle between this rule's update and Error-BP's gradient on the fixed probe batch."""
+        x = self.scale(self.splits.val_x[:ANGLE_PROBE_SIZE])
+        generator = torch.Generator(device=self.device).manual_seed(ANGLE_PROBE_SEED)
+        return angles_to_bp(self.net, self.config.rule, x, self.splits.val_y[:ANGLE_PROBE_SIZE],
+                            StepSettings(self.lr, self.config.epsilon, generator))
 
     def run_epoch(self, epoch: int, on_batch: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Train epoch `epoch` (1-based): every training sample once, in a fresh random order.
@@ -219,8 +244,10 @@ def record_epoch(trainer: Trainer, progress: RunProgress, *, rewarded: float, lo
         "samples_per_second": n_train / train_seconds,
         "lr": config.lr_at(progress.epoch),
     }
-    if config.feedback != Feedback.symmetric:
-        row.update({f"angle_{n}": a for n, a in enumerate(alignment_angles(trainer.net))})
+    if feedback_drawn_apart(config):
+        row.update({f"{ANGLE_PREFIX}{n}": a for n, a in enumerate(alignment_angles(trainer.net))})
+    if trainer.splits.val_x.shape[0]:
+        row.update({f"{BP_ANGLE_PREFIX}{n}": a for n, a in enumerate(trainer.angles_to_bp())})
     progress.rows.append(row)
     progress.wall_seconds += epoch_seconds
     note_validation(config, progress, val_acc, test_acc)

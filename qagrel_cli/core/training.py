@@ -105,8 +105,8 @@ def train_runs(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, data
 def _train_members(members: list[Member], device: torch.device, strategy: PackStrategy, console: Console,
                    quiet: bool) -> dict[int, dict[str, Any]]:
     """The epoch loop: all members train an epoch, then each is saved, or finished and let go."""
-    if strategy == PackStrategy.auto:  # a pack of one has nothing to batch; batch norm is not vmapped (packs.py)
-        vmappable = device.type == "cuda" and len(members) > 1 and not members[0].config.batch_norm
+    if strategy == PackStrategy.auto:  # a pack of one has nothing to batch
+        vmappable = device.type == "cuda" and len(members) > 1 and VmapPack.can_train(members[0].config)
         strategy = PackStrategy.vmap if vmappable else PackStrategy.loop
     pack: LoopPack | VmapPack = (VmapPack if strategy == PackStrategy.vmap else LoopPack)(members)
     alone = len(members) == 1

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from qagrel_cli.core import run_folder
+from qagrel_cli.core.run_folder import ANGLE_PREFIX, BP_ANGLE_PREFIX
 from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError,
                                     Rule, parse_fc)
 from qagrel_cli.reports.rows import readings_order, setting_order, settings
@@ -82,7 +83,7 @@ CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "rule", "variant", "e
 # feedback study, whose runs differ only in feedback and seed.
 ANGLE_CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "feedback", "variant", "layer", "epoch", "n", "mean",
                      "sd", "lower", "upper")
-ANGLE_PREFIX = "angle_"  # the log's per-layer angle columns, angle_0 (input side) to angle_<L-1> (output)
+# The log's per-layer angle columns: angle_0 (input side) to angle_<L-1> (output), bp_angle_ likewise.
 _NOT_ANGLE_VARIANT = (_NOT_VARIANT - {"rule"}) | {"feedback"}  # feedback has its own curves; rules are not pooled
 # Layer colours (the angle figure) and one line style per feedback mode; "--" is kept for the 90° reference.
 _LAYER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, ENUM_FIELDS, PROTOCOL_READINGS,
-                                    RULE_NAMES, RULE_OF_SETTING, TrainConfig)
+                                    RULE_NAMES, TrainConfig, reads)
 from qagrel_cli.core.recipes import follows_brainprop, recipe_label
 from qagrel_cli.sweeps.results import RunRecord
 
@@ -57,7 +57,7 @@ class RowKey:
 def setting_cell(name: str, value: Any, rule: str) -> str:
     """One setting of a run of `rule` for a table cell: '–' where the rule does not read it (Q-AGREL's
     optimizer, Error-BP's epsilon), so a default no run uses never looks like a choice."""
-    return format_setting(value) if RULE_OF_SETTING.get(name, rule) == rule else "–"
+    return format_setting(value) if reads(rule, name) else "–"
 
 
 def setting_order(name: str, value: Any) -> tuple[int, str]:

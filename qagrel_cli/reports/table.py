@@ -27,7 +27,7 @@ from enum import Enum
 from typing import Any
 
 from qagrel_cli.core import run_folder
-from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, PROTOCOL_READINGS, RULE_OF_SETTING,
+from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, PROTOCOL_READINGS, RULE_SETTINGS, reads,
                                     QagrelError, Rule, TrainConfig)
 from qagrel_cli.core.recipes import follows_brainprop, recipe_options
 from qagrel_cli.core.stopping import converged, stopped_sooner, summary_under_stopping
@@ -300,7 +300,7 @@ def epoch_ratios(rows: list[Row], paper: list[PaperRow]) -> list[Ratio]:
     """Q-AGREL/BP mean epochs per dataset, first layer and reading, ours and the paper's.
 
     A Q-AGREL reading is set beside every Error-BP reading that agrees with it in the
-    settings both rules read (RULE_OF_SETTING), so BP with Adam and with plain SGD each get
+    settings both rules read (RULE_SETTINGS they share), so BP with Adam and with plain SGD each get
     a ratio; the ratio's settings are those each rule reads. The paper's ratio is given
     only where every row it is set beside follows the paper's protocol.
     """
@@ -326,15 +326,15 @@ def epoch_ratios(rows: list[Row], paper: list[PaperRow]) -> list[Ratio]:
             theirs = [[None if any(r.differs for r in by_units[h]) else paper_epochs.get((dataset, arch, rule, h))
                        for h in common] for rule, by_units in (("qagrel", q_rows), ("bp", bp_rows))]
             ratio = None if None in theirs[0] + theirs[1] else statistics.fmean(theirs[0]) / statistics.fmean(theirs[1])
-            extras = tuple((name, dict(bp_extras)[name] if RULE_OF_SETTING.get(name) == Rule.bp else value)
-                           for name, value in q_extras)
+            extras = tuple((name, dict(bp_extras)[name] if reads(Rule.bp, name) and not reads(Rule.qagrel, name)
+                            else value) for name, value in q_extras)
             ratios.append(Ratio(dataset, arch, extras, common, ours, ratio))
     return sorted(ratios, key=lambda r: (table1_order(DATASET_NAMES, r.dataset), table1_order(ARCH_NAMES, r.arch),
                                          readings_order(r.extras)))
 
 
 def _settings_both_read(extras: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
-    return tuple((name, value) for name, value in extras if name not in RULE_OF_SETTING)
+    return tuple((name, value) for name, value in extras if name not in RULE_SETTINGS)
 
 
 @functools.lru_cache(maxsize=1)
