@@ -512,6 +512,10 @@ def plot(
         "epochs (0° = reciprocal, 90° = unrelated), mean ± 2 SD over seeds, for the runs with --feedback random "
         "or fixed (default name <folder>_angles.png). --after-stop and the filters apply; --metric does not.",
         show_default=False)] = False,
+    angles_to_bp: Annotated[bool, typer.Option(
+        "--angles-to-bp", help="Instead: per layer, the angle between each rule's weight change and Error-BP's "
+        "gradient over epochs, on a fixed probe batch (0° = follows backprop), mean ± 2 SD over seeds, one line "
+        "style per rule (default name <folder>_angles_to_bp.png).", show_default=False)] = False,
     metric: Annotated[Metric, typer.Option(
         help="train: Q-AGREL reward probability and BP 1 - training error (the paper's Figure 3); "
         "val or test: that accuracy.", rich_help_panel=FIGURE3_PANEL)] = Metric.train,
@@ -531,12 +535,16 @@ def plot(
     """Plot Figure 3 (learning curves, mean ± 2 SD over seeds), one run's curves, or feedback angles.
 
     Figure 3: Q-AGREL vs BP, one panel per dataset and network. --angles: how far the feedback weights are
-    from reciprocal."""
+    from reciprocal. --angles-to-bp: how far each rule's updates are from backprop's."""
+    from qagrel_cli.reports.plot import BP_ANGLES, FEEDBACK_ANGLES
     from qagrel_cli.reports.plot import plot as make_plot
 
     try:
-        result = make_plot(path, out, angles=angles, metric=metric, after_stop=after_stop, fmt=fmt,
-                           datasets=dataset or (), archs=arch or (), fcs=fc or ())
+        if angles and angles_to_bp:
+            raise QagrelError("give --angles or --angles-to-bp, not both")
+        result = make_plot(path, out, angles=angles or angles_to_bp, metric=metric, after_stop=after_stop, fmt=fmt,
+                           datasets=dataset or (), archs=arch or (), fcs=fc or (),
+                           angle_kind=BP_ANGLES if angles_to_bp else FEEDBACK_ANGLES)
     except QagrelError as err:
         raise fail(str(err)) from None
     warn(result.warnings)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import Arch, TrainConfig
-from qagrel_cli.reports.plot import AfterStop, Metric, PlotFormat, aggregate, plot
+from qagrel_cli.reports.plot import BP_ANGLES, AfterStop, Metric, PlotFormat, aggregate, plot
 from qagrel_cli.core.run_folder import read_log, write_config, write_log, write_summary
 
 # (a, b, stop epoch) per seed: different slopes and different early-stopping epochs.
@@ -404,3 +404,40 @@ def test_figure3_of_one_rule_in_several_feedback_modes_has_a_curve_per_mode(tmp_
     table = pd.read_csv(plot(make_feedback_study(tmp_path / "study"), tmp_path / "figs").csv)
     assert sorted(table["variant"].unique()) == ["feedback=fixed", "feedback=random", "feedback=symmetric"]
     assert_csv_curve(table[table["variant"] == "feedback=symmetric"], "qagrel", expected(QAGREL_SEEDS, "hold"))
+
+
+# ----------------------------------------------------------------- --angles-to-bp
+
+def make_rules_study(root: Path) -> Path:
+    """Runs of three rules whose logs hold bp_angle_0..bp_angle_3 = 10 * (rule's index + 1) + layer, and one
+    older run without them."""
+    for k, rule in enumerate(("qagrel", "bp", "fa")):
+        for seed in (0, 1):
+            run_dir = make_run(root, rule, seed, 0.1, 0.05, 4, dataset="mnist", arch="fc")
+            log = read_log(run_dir)
+            for layer in range(ANGLE_LAYERS):
+                log[f"bp_angle_{layer}"] = 10.0 * (k + 1) + layer
+            write_log(run_dir, log)
+    make_run(root, "dfa", 0, 0.1, 0.05, 4, dataset="mnist", arch="fc")
+    return root
+
+
+def test_angles_to_bp_give_one_curve_per_rule_and_layer(tmp_path):
+    result = plot(make_rules_study(tmp_path / "study"), tmp_path / "figs", angles=True, angle_kind=BP_ANGLES)
+    table = pd.read_csv(result.csv)
+    assert sorted(table["rule"].unique()) == ["bp", "fa", "qagrel"]
+    fa_layer_2 = table[(table["rule"] == "fa") & (table["layer"] == 2)]
+    assert (fa_layer_2["mean"] == 32.0).all() and (fa_layer_2["n"] == 2).all()
+    assert result.notes == ["1 run without these angles in their logs not shown."]
+
+
+def test_cli_angles_to_bp_writes_its_figure_beside_the_runs(tmp_path):
+    root = make_rules_study(tmp_path / "study")
+    result = invoke("plot", root, "--angles-to-bp")
+    assert result.exit_code == 0, result.output
+    assert (root / "_figures" / "study_angles_to_bp.png").is_file()
+
+
+def test_cli_angles_to_bp_error_when_no_run_logged_them(tmp_path):
+    result = invoke("plot", make_feedback_study(tmp_path / "study"), "--angles-to-bp")
+    assert result.exit_code == 2 and "bp_angle_<layer>" in result.output and "Traceback" not in result.output

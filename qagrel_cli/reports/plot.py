@@ -78,13 +78,44 @@ _COLORS = {Rule.qagrel.value: ("#1f77b4", "#2ca02c", "#17becf", "#9467bd"),
 _NOT_VARIANT = frozenset({"dataset", "arch", "fc", "rule", "seed", "device"})
 CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "rule", "variant", "epoch", "n", "mean", "sd",
                "lower", "upper")
-# The angle figure: one curve per (feedback mode, layer). Its variant column names any other setting (rule
-# included) that differs between the runs of a panel, for the same reason as Figure 3's; empty in the
+# The angle figures: one curve per (feedback mode, layer), or per (rule, layer) for the angles to Error-BP's
+# gradient (whose CSV has `rule` for `feedback`). The variant column names any other setting (rule included
+# in the first) that differs between the runs of a panel, for the same reason as Figure 3's; empty in the
 # feedback study, whose runs differ only in feedback and seed.
 ANGLE_CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "feedback", "variant", "layer", "epoch", "n", "mean",
                      "sd", "lower", "upper")
 # The log's per-layer angle columns: angle_0 (input side) to angle_<L-1> (output), bp_angle_ likewise.
-_NOT_ANGLE_VARIANT = (_NOT_VARIANT - {"rule"}) | {"feedback"}  # feedback has its own curves; rules are not pooled
+
+
+@dataclass(frozen=True)
+class AngleKind:
+    """One of the two angle figures: which log columns it reads, what its curves are grouped by, its words."""
+
+    prefix: str  # the log's per-layer columns: <prefix><layer>
+    group_by: str  # the setting that gets one line style per value
+    name: str  # the figure's default file-name part
+    title: str
+    ylabel: str
+    what: str  # the caption's first sentences
+    missing: str  # the error when no run logged these angles
+
+
+FEEDBACK_ANGLES = AngleKind(
+    ANGLE_PREFIX, "feedback", "angles", "Feedback weights W' vs W^T (alignment angle)",
+    r"angle between $W$ and $W'^T$ (degrees)",
+    "Angle between each layer's feedforward weights W and the transpose of its feedback weights W' (the flattened "
+    "tensors, W' stored in W's index order): 0° = W' equals W^T up to a positive scale (the paper's strict "
+    "reciprocity); 90° (dashed) = unrelated, as two independent random draws are. Layer 0 is the input side.",
+    "angles between W and W'^T (angle_<layer> columns): only runs with --feedback random or fixed (or rule fa) do")
+BP_ANGLES = AngleKind(
+    BP_ANGLE_PREFIX, "rule", "angles_to_bp", "Each rule's weight change vs Error-BP's gradient",
+    "angle to Error-BP's negative gradient (degrees)",
+    "Per layer, the angle between the rule's weight change and Error-BP's negative gradient for the same weights, "
+    "measured each epoch on a fixed probe batch of 100 validation images without dropout (Q-AGREL with its own "
+    "action draws; before any optimizer): 0° = the rule follows backprop's gradient; 90° (dashed) = unrelated. "
+    "Layer 0 is the input side.",
+    "update angles to Error-BP's gradient (bp_angle_<layer> columns): runs trained before they were logged "
+    "have none")
 # Layer colours (the angle figure) and one line style per feedback mode; "--" is kept for the 90° reference.
 _LAYER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _CURVE_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
@@ -129,8 +160,12 @@ class _Run:
     @property
     def angle_layers(self) -> list[int]:
         """The layers whose angle between W and W'^T the log holds (none with symmetric feedback)."""
-        return sorted(int(c[len(ANGLE_PREFIX):]) for c in self.log.columns
-                      if c.startswith(ANGLE_PREFIX) and c[len(ANGLE_PREFIX):].isdigit())
+        return self.layers_with(ANGLE_PREFIX)
+
+    def layers_with(self, prefix: str) -> list[int]:
+        """The layers whose `<prefix><layer>` angle column the log holds."""
+        return sorted(int(c[len(prefix):]) for c in self.log.columns
+                      if c.startswith(prefix) and c[len(prefix):].isdigit())
 
     def curve(self, column: str) -> pd.Series:
         """`column` indexed by epoch (a resumed run may log an epoch twice: its last value counts).
@@ -138,16 +173,18 @@ class _Run:
         A diverged run's angles end before its stop epoch: weights that stopped being finite have no
         angle (runs logged before rules.alignment_angles wrote NaN there hold 0)."""
         log = run_folder.one_row_per_epoch(self.log)
-        if self.diverged and column.startswith(ANGLE_PREFIX):
+        if self.diverged and "angle_" in column:  # either angle: of finite weights only
             log = log[log["epoch"] < int(self.record.summary["stop_epoch"])]
         return pd.Series(log[column].to_numpy(dtype=float), index=log["epoch"].astype(int).to_numpy())
 
 
 def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: Metric = Metric.train,
          after_stop: AfterStop = AfterStop.hold, fmt: PlotFormat | None = None,
-         datasets: Sequence[Dataset] = (), archs: Sequence[Arch] = (), fcs: Sequence[str] = ()) -> Plotted:
+         datasets: Sequence[Dataset] = (), archs: Sequence[Arch] = (), fcs: Sequence[str] = (),
+         angle_kind: AngleKind = FEEDBACK_ANGLES) -> Plotted:
     """Plot one run folder's learning curves, or Figure 3 over every run below `path`; with `angles`, the
-    angle between W and W'^T per layer over epochs instead (of that run, or of the runs below `path`).
+    angle between W and W'^T per layer over epochs instead (of that run, or of the runs below `path`), or with
+    `angle_kind=BP_ANGLES` the angle of each rule's weight change to Error-BP's gradient.
 
     `out` is a folder or a file name ending in .png, .pdf or .svg; by default the figure goes beside
     the runs, into `_figures/` of the folder plotted (of the folder holding it, for one run folder),
@@ -172,13 +209,14 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
     filters = [a.value for a in archs] + [d.value for d in datasets] + [f.replace(",", "-") for f in fcs]
     drop = ["drop"] if after_stop == AfterStop.drop else []
     if angles:
-        with_angles = [r for r in runs if r.angle_layers]
+        kind = angle_kind
+        with_angles = [r for r in runs if r.layers_with(kind.prefix)]
         if not with_angles:
-            raise QagrelError(f"no run in {path} logged angles between W and W'^T (angle_<layer> columns): "
-                              "only runs with --feedback random or fixed do")
-        if symmetric := len(runs) - len(with_angles):
-            notes = [*notes, f"{_runs(symmetric)} with symmetric feedback (0° throughout) not shown."]
-        unmeasured = [r for r in with_angles if r.curve(f"{ANGLE_PREFIX}{r.angle_layers[0]}").empty]
+            raise QagrelError(f"no run in {path} logged {kind.missing}")
+        if without := len(runs) - len(with_angles):
+            notes = [*notes, f"{_runs(without)} with symmetric feedback (0° throughout) not shown." if kind is
+                     FEEDBACK_ANGLES else f"{_runs(without)} without these angles in their logs not shown."]
+        unmeasured = [r for r in with_angles if r.curve(f"{kind.prefix}{r.layers_with(kind.prefix)[0]}").empty]
         if unmeasured:  # diverged in epoch 1: no epoch with finite weights
             notes = [*notes, f"{_runs(len(unmeasured))} that diverged in the first epoch not shown (no finite "
                              "weights to measure)."]
@@ -187,11 +225,12 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
                 raise QagrelError(f"every run in {path} that logged angles diverged in its first epoch: no angle "
                                   "of finite weights to plot")
         if single:
-            stem, folder = f"{with_angles[0].record.config.run_id}_angles", path.resolve().parent / FIGURES_FOLDER
+            stem = f"{with_angles[0].record.config.run_id}_{kind.name}"
+            folder = path.resolve().parent / FIGURES_FOLDER
         else:
-            stem, folder = "_".join([path.resolve().name, "angles", *filters, *drop]), path / FIGURES_FOLDER
+            stem, folder = "_".join([path.resolve().name, kind.name, *filters, *drop]), path / FIGURES_FOLDER
         out_file, fmt = _output_file(out, folder, stem, fmt)
-        plotted = plot_angles(with_angles, out_file, fmt, after_stop=after_stop, notes=notes)
+        plotted = plot_angles(with_angles, out_file, fmt, after_stop=after_stop, notes=notes, kind=kind)
         return Plotted(plotted.figure, plotted.csv, [*plotted.notes, *warnings])
     rules = {str(r.config["rule"]) for r in runs}
     if len(rules) < 2 and not any(_varying(group) for group in _panels(runs).values()):
@@ -262,25 +301,24 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
 
 
 def plot_angles(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, after_stop: AfterStop,
-                notes: Sequence[str] = ()) -> Plotted:
-    """Per layer, the angle between W and W'^T over epochs: one panel per dataset and architecture/hidden-units
-    group, one curve per layer and feedback mode (mean +/- 2 SD over seeds); write figure and CSV.
+                notes: Sequence[str] = (), kind: AngleKind = FEEDBACK_ANGLES) -> Plotted:
+    """Per layer, the angles of `kind` over epochs (by default between W and W'^T): one panel per dataset and
+    architecture/hidden-units group, one curve per layer and feedback mode (or rule) (mean +/- 2 SD over
+    seeds); write figure and CSV.
 
-    `runs` must all have angle columns (random or fixed feedback).
+    `runs` must all have the angle columns of `kind`.
     """
     fig, panels, width = _panel_grid(runs)
-    tables = [_draw_angle_panel(ax, panel_runs, after_stop) for ax, panel_runs in panels]
-    what = ("Angle between each layer's feedforward weights W and the transpose of its feedback weights W' "
-            "(the flattened tensors, W' stored in W's index order): 0° = W' equals W^T up to a positive scale "
-            "(the paper's strict reciprocity); 90° (dashed) = unrelated, as two independent random draws are. "
-            "Layer 0 is the input side.")
+    tables = [_draw_angle_panel(ax, panel_runs, after_stop, kind) for ax, panel_runs in panels]
+    what = kind.what
     diverged = sum(1 for r in runs if r.diverged)
     diverged_sentence = ([f"Diverged runs ({diverged}) are drawn up to the epoch before they diverged, then "
                           "leave the mean (the CSV's n counts the seeds in it)."] if diverged else [])
     caption = " ".join([what, _BAND_SENTENCE, _stop_sentence(after_stop), *diverged_sentence, *notes])
-    fig.suptitle("Feedback weights W' vs W^T (alignment angle)", fontsize="large")
+    fig.suptitle(kind.title, fontsize="large")
     fig.supxlabel(textwrap.fill(caption, width=int(16 * width)), fontsize="small")
-    table = pd.concat(tables, ignore_index=True)[list(ANGLE_CSV_COLUMNS)]
+    columns = [kind.group_by if c == "feedback" else c for c in ANGLE_CSV_COLUMNS]
+    table = pd.concat(tables, ignore_index=True)[columns]
     return _save(fig, table, out_file, fmt, list(notes))
 
 
@@ -395,30 +433,33 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
     return pd.concat(tables, ignore_index=True)
 
 
-def _draw_angle_panel(ax: Axes, runs: Sequence[_Run], after_stop: AfterStop) -> pd.DataFrame:
-    """Mean line and +/- 2 SD band per layer and feedback mode (and variant) on `ax`, a dashed line at 90°;
-    returns the plotted numbers."""
+def _draw_angle_panel(ax: Axes, runs: Sequence[_Run], after_stop: AfterStop,
+                      kind: AngleKind = FEEDBACK_ANGLES) -> pd.DataFrame:
+    """Mean line and +/- 2 SD band per layer and feedback mode (or rule: `kind.group_by`) and variant on `ax`,
+    a dashed line at 90°; returns the plotted numbers."""
     panel = _panel_columns(ax, runs[0])
     ax.axhline(90, color="grey", linestyle="--", linewidth=1)
     tables, curves = [], 0
-    for variant, group in _variants(runs, _varying(runs, _NOT_ANGLE_VARIANT)).items():
-        by_feedback: dict[str, list[_Run]] = defaultdict(list)
+    not_variant = (_NOT_VARIANT - {"rule"}) | {kind.group_by}
+    for variant, group in _variants(runs, _varying(runs, not_variant)).items():
+        by_value: dict[str, list[_Run]] = defaultdict(list)
         for run in group:
-            by_feedback[str(run.config["feedback"])].append(run)
-        for feedback in sorted(by_feedback, key=lambda f: setting_order("feedback", f)):
-            members, style = by_feedback[feedback], _CURVE_STYLES[curves % len(_CURVE_STYLES)]
+            by_value[str(run.config[kind.group_by])].append(run)
+        for value in sorted(by_value, key=lambda f: setting_order(kind.group_by, f)):
+            members, style = by_value[value], _CURVE_STYLES[curves % len(_CURVE_STYLES)]
             curves += 1
-            for layer in members[0].angle_layers:  # one panel, one architecture: the same layers
-                stats = aggregate([r.curve(f"{ANGLE_PREFIX}{layer}") for r in members], after_stop,
+            shown = RULE_NAMES.get(value, value) if kind.group_by == "rule" else value
+            for layer in members[0].layers_with(kind.prefix):  # one panel, one architecture: the same layers
+                stats = aggregate([r.curve(f"{kind.prefix}{layer}") for r in members], after_stop,
                                   never_held=[k for k, r in enumerate(members) if r.diverged])
                 color = _LAYER_COLORS[layer % len(_LAYER_COLORS)]
-                label = f"layer {layer}, {feedback}{f' ({variant})' if variant else ''}, n={len(members)}"
+                label = f"layer {layer}, {shown}{f' ({variant})' if variant else ''}, n={len(members)}"
                 ax.plot(stats["epoch"], stats["mean"], color=color, linestyle=style, label=label)
                 ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.2, linewidth=0)
-                tables.append(stats.assign(**panel, feedback=feedback, variant=variant, layer=layer))
+                tables.append(stats.assign(**panel, **{kind.group_by: value}, variant=variant, layer=layer))
     # From 0 (reciprocal) to past the 90° line, and past any band above it (anti-aligned weights reach 180°).
     ax.set_ylim(0, max([100.0, *(float(t["upper"].max()) + 5 for t in tables if t["upper"].notna().any())]))
-    ax.set_ylabel(r"angle between $W$ and $W'^T$ (degrees)")
+    ax.set_ylabel(kind.ylabel)
     _style_axes(ax)
     return pd.concat(tables, ignore_index=True)
 
