@@ -38,7 +38,8 @@ from qagrel_cli.core.allocator import keep_freed_memory
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import Splits
 from qagrel_cli.core.stopping import RunProgress
-from qagrel_cli.core.trainer import Trainer, describe_device
+from qagrel_cli.core.device import describe_device
+from qagrel_cli.core.trainer import Trainer
 from qagrel_cli.core.layers import LocallyConnected2d
 from qagrel_cli.core.models import QNetwork
 from qagrel_cli.core.packs import Member, VmapPack

@@ -37,7 +37,7 @@ from qagrel_cli.core.config import CONV_DROPOUT, Arch, Init
 from qagrel_cli.core.layers import LocallyConnected2d
 from qagrel_cli.core.models import LAST_HIDDEN_DROPOUT, build_network
 from qagrel_cli.core.rules import bp_step, qagrel_step
-from qagrel_cli.core.trainer import describe_device
+from qagrel_cli.core.device import describe_device
 
 SHAPES = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 

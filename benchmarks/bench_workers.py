@@ -30,8 +30,8 @@ import torch
 
 from bench_json import write_json
 from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, QagrelError, Rule, TrainConfig
-from qagrel_cli.core.trainer import describe_device
-from qagrel_cli.reports.estimate import distinct_networks, step_on_random_images
+from qagrel_cli.core.device import describe_device
+from qagrel_cli.core.timing import distinct_networks, step_on_random_images
 from qagrel_cli.sweeps.local_executor import worker_threads
 from qagrel_cli.sweeps.sweep_file import load_sweep
 

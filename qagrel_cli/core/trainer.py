@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 from typing import Any, Callable
 
 import torch
@@ -18,7 +17,7 @@ import torch
 from qagrel_cli.core.allocator import keep_freed_memory
 from qagrel_cli.core.catalog import FeedbackSource, rule_info
 from qagrel_cli.core.run_folder import ANGLE_PREFIX, BP_ANGLE_PREFIX
-from qagrel_cli.core.config import Feedback, Init, Optimizer, QagrelError, TrainConfig
+from qagrel_cli.core.config import Feedback, Init, Optimizer, TrainConfig
 from qagrel_cli.core.data import PixelScaling, Splits
 from qagrel_cli.core.models import QNetwork, network_for
 from qagrel_cli.core.rules import (RULE_UPDATES, BatchStats, StepSettings, alignment_angles, angles_to_bp,
@@ -31,49 +30,6 @@ LIVE_UPDATES_PER_EPOCH = 10  # a live display reads device metrics this often, n
 # images of the run's validation set (never trained on), and the seed of Q-AGREL's action draws there.
 ANGLE_PROBE_SIZE = 100
 ANGLE_PROBE_SEED = 0
-
-def resolve_device(spec: str) -> torch.device:
-    """'auto' -> CUDA if present, else MPS if present, else CPU; explicit devices are checked."""
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise QagrelError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise QagrelError(f"device {spec!r} is not available here (CUDA devices: {torch.cuda.device_count()})")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise QagrelError("device 'mps' is not available here")
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    """The device as a run's summary records it: a GPU by name; a CPU by model, vector instructions and
-    threads, since two CPUs of one model name can differ twofold in speed (docs/sweeps.md)."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    if device.type != "cpu":
-        return str(device)
-    threads = torch.get_num_threads()
-    return (f"cpu ({_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, "
-            f"{threads} thread{'' if threads == 1 else 's'})")
-
-
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what the platform module knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
 
 def feedback_drawn_apart(config: TrainConfig) -> bool:
     """Whether the run's feedback weights W' start apart from W: Q-AGREL with random or fixed feedback, and

@@ -34,7 +34,8 @@ from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import RawData, load_dataset, make_splits
 from qagrel_cli.core.packs import LoopPack, Member, PackStrategy, VmapPack
 from qagrel_cli.core.stopping import CONVERGED_RULE, RunProgress, should_stop, stopping_summary
-from qagrel_cli.core.trainer import Trainer, describe_device, record_epoch, resolve_device
+from qagrel_cli.core.device import describe_device, resolve_device
+from qagrel_cli.core.trainer import Trainer, record_epoch
 
 RUNS_ROOT = Path("results") / "runs"  # where a run's folder goes by default: RUNS_ROOT / <run id>
 

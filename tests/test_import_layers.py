@@ -1,4 +1,5 @@
-"""The package's shape: layers that import only downwards, and no import cycle.
+"""The package's import structure: layers that import only downwards, no import cycle, no report reaching
+into training code. (The feedback layers themselves, core/layers.py, are tested in test_models.py.)
 
 Layers, bottom to top: core (config, data, network, rules, the training loop,
 the run folder), sweeps (sweep files, the run ledger, executors, reading a
@@ -92,6 +93,19 @@ def test_no_module_imports_from_a_layer_above_its_own():
 
 def test_the_import_graph_has_no_cycle():
     assert cycle(import_graph()) is None
+
+
+# The modules that build and train networks. Reports read results; what a step costs they take from
+# core.timing, the one module that measures it.
+TRAINING_CODE = {f"qagrel_cli.core.{name}" for name in ("trainer", "training", "packs", "rules", "models", "layers",
+                                                          "allocator")}
+
+
+def test_no_report_imports_training_code():
+    graph = import_graph()
+    reaching = sorted(f"{m} -> {i}" for m, imported in graph.items() if m.startswith("qagrel_cli.reports")
+                      for i in imported & TRAINING_CODE)
+    assert reaching == []
 
 
 def write_package(root: Path, files: dict[str, str]) -> Path:
