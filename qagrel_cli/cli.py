@@ -133,8 +133,9 @@ DownloadOption = Annotated[bool, typer.Option(
 
 @app.command(cls=QagrelCommand)
 def train(
-    rule: Annotated[Rule, typer.Option(help="Learning rule: Q-AGREL (trial and error) or error-backpropagation.",
-                                       rich_help_panel=RULE_PANEL)] = Rule.qagrel,
+    rule: Annotated[Rule, typer.Option(help="Learning rule: qagrel (Q-AGREL: trial and error), bp "
+                                       "(error-backpropagation), fa (feedback alignment) or dfa (direct feedback "
+                                       "alignment).", rich_help_panel=RULE_PANEL)] = Rule.qagrel,
     arch: Annotated[Arch, typer.Option(help="conv, loccon (locally connected first layer) or fc (fully connected).",
                                        rich_help_panel=ARCH_PANEL)] = Arch.conv,
     fc: Annotated[Optional[str], typer.Option(
