@@ -129,6 +129,12 @@ def test_every_run_of_table1_cpu_is_a_run_of_table1_or_of_table1_literal():
     assert cpu <= table1
 
 
+def test_table1_cifar100_is_exactly_the_cifar100_runs_of_table1():
+    cifar100 = {c.run_id for c in load_sweep(REPO / "sweeps" / "table1-cifar100.yaml").configs}
+    table1 = {c.run_id for c in load_sweep(REPO / "sweeps" / "table1.yaml").configs if c.dataset.value == "cifar100"}
+    assert cifar100 == table1 and len(cifar100) == 8 * 10
+
+
 def test_table1_cpu_runs_the_mnist_rows_at_10_seeds_cifar10_conv_at_3_and_literal_bp_at_3():
     seeds = Counter((c.dataset.value, c.arch.value, c.rule.value, c.optimizer.value)
                     for c in load_sweep(REPO / "sweeps" / "table1-cpu.yaml").configs)
