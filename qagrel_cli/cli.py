@@ -112,6 +112,17 @@ RUN_PANEL = "Run"
 PROTOCOL_PANEL = "Protocol choices the paper leaves open (docs/reproduction.md)"
 
 
+def parse_epochs(text: str) -> list[int]:
+    """'10,30' -> [10, 30]: epochs (>= 1) for a report, each once, in the order given."""
+    try:
+        epochs = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise QagrelError(f"--at-epochs takes epochs like 10,30, got {text!r}") from None
+    if not epochs or min(epochs) < 1 or len(set(epochs)) != len(epochs):
+        raise QagrelError(f"--at-epochs takes distinct epochs >= 1 like 10,30, got {text!r}")
+    return epochs
+
+
 def warn(lines: list[str]) -> None:
     """Print one warning line each (damaged files a command skipped)."""
     for line in lines:
@@ -473,6 +484,9 @@ def milestones(
                                               "e.g. results/protocol.", show_default=False)],
     fmt: Annotated[MilestoneFormat, typer.Option("--format", help="rich (terminal), markdown or csv.",
                                                  rich_help_panel=TABLE_PANEL)] = MilestoneFormat.rich,
+    at_epochs: Annotated[Optional[str], typer.Option(
+        "--at-epochs", help="Also the test accuracy at these epochs, e.g. 10,30.", rich_help_panel=TABLE_PANEL,
+        show_default=False)] = None,
     out: ReportOutOption = None,
 ) -> None:
     """How far short runs got along the paper's path, per Table 1 row and protocol reading.
@@ -482,9 +496,10 @@ def milestones(
     from qagrel_cli.sweeps.results import read_results
 
     try:
+        epochs = parse_epochs(at_epochs) if at_epochs is not None else []
         results = read_results(directory)
         warn(results.warnings())
-        rows = milestone_rows(results)
+        rows = milestone_rows(results, epochs)
         if not rows:
             raise QagrelError(f"{directory}: no finished runs with a readable log yet")
     except QagrelError as err:

@@ -95,3 +95,22 @@ def test_cli_writes_markdown_and_refuses_a_folder_without_finished_runs(tmp_path
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(app, ["milestones", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "no finished runs" in result.output
+
+
+def test_at_epochs_gives_the_test_accuracy_there_over_the_seeds_whose_logs_reach_it(tmp_path):
+    fabricate(tmp_path, 0, 30)
+    fabricate(tmp_path, 1, 30, offset=0.02)
+    fabricate(tmp_path, 2, 8)
+    (row,) = milestone_rows(read_results(tmp_path), at_epochs=[5, 10])
+    (five, at_five), (ten, at_ten) = row.at_epochs
+    assert (five, at_five.mean, at_five.n) == (5, pytest.approx(5 + 2 / 3), 3)
+    assert (ten, at_ten.mean, at_ten.n) == (10, pytest.approx(11.0), 2)
+
+
+def test_cli_at_epochs_adds_a_column_per_epoch_and_refuses_a_bad_list(tmp_path):
+    fabricate(tmp_path, 0, 30)
+    result = CliRunner().invoke(app, ["milestones", str(tmp_path), "--at-epochs", "10,30", "--format", "csv"])
+    header = result.output.splitlines()[0]
+    assert "Test acc. at epoch 10 [%]" in header and "Test acc. at epoch 30 [%]" in header
+    bad = CliRunner().invoke(app, ["milestones", str(tmp_path), "--at-epochs", "0,x"])
+    assert bad.exit_code == 2 and "--at-epochs" in bad.output

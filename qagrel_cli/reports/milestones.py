@@ -70,10 +70,12 @@ class MilestoneRow:
     accuracy_at_implied_best: Stat  # n = seeds whose log reaches it
     reached: tuple[Reached, ...]  # one per FRACTIONS
     best_within_budget: Stat  # test accuracy at the best-validation epoch within the budget
+    at_epochs: tuple[tuple[int, Stat], ...] = ()  # test accuracy at each epoch asked for; n = seeds whose log reaches it
 
 
-def milestone_rows(results: Results) -> list[MilestoneRow]:
-    """The milestones of every row of finished runs with a readable log (logs are read here)."""
+def milestone_rows(results: Results, at_epochs: Sequence[int] = ()) -> list[MilestoneRow]:
+    """The milestones of every row of finished runs with a readable log (logs are read here); with `at_epochs`,
+    also each row's test accuracy at those epochs."""
     finished = [r for r in results.runs if r.summary is not None and r.log_readable]
     fields = row_key_fields(finished)
     groups: dict[RowKey, list[tuple[pd.DataFrame, RunRecord]]] = {}
@@ -81,11 +83,12 @@ def milestone_rows(results: Results) -> list[MilestoneRow]:
         log = run_folder.one_row_per_epoch(run_folder.read_log(record.path)).set_index("epoch")
         if not log.empty:
             groups.setdefault(row_key(record, fields), []).append((log, record))
-    return [_row(key, [log for log, _ in runs], [record for _, record in runs])
+    return [_row(key, [log for log, _ in runs], [record for _, record in runs], at_epochs)
             for key, runs in sorted(groups.items(), key=lambda item: item[0].sort_key)]
 
 
-def _row(key: RowKey, logs: list[pd.DataFrame], records: list[RunRecord]) -> MilestoneRow:
+def _row(key: RowKey, logs: list[pd.DataFrame], records: list[RunRecord], at_epochs: Sequence[int] = ()
+         ) -> MilestoneRow:
     paper = paper_row(key, any_alpha=follows_brainprop(records[0].config))
     budget, longest = min(int(log.index.max()) for log in logs), max(int(log.index.max()) for log in logs)
     implied = None if paper is None or paper.epochs.mean is None else round(paper.epochs.mean) - PATIENCE
@@ -100,8 +103,10 @@ def _row(key: RowKey, logs: list[pd.DataFrame], records: list[RunRecord]) -> Mil
     best = [100 * replay(log.reset_index(), record.config).progress.test_acc_at_best
             for log, record in zip(logs, records)]
     diverged = sum(bool(record.summary.get("diverged")) for record in records)
+    at = tuple((epoch, Stat.of([100 * float(log.at[epoch, "test_acc"]) for log in logs if epoch in log.index]))
+               for epoch in at_epochs)
     return MilestoneRow(key, len(logs), diverged, budget, longest, paper, implied, Stat.of(at_implied), tuple(reached),
-                        Stat.of(best))
+                        Stat.of(best), at)
 
 
 def _stat(stat: Stat, decimals: int) -> str:
@@ -113,8 +118,10 @@ def _stat(stat: Stat, decimals: int) -> str:
 def grid(rows: Sequence[MilestoneRow]) -> tuple[list[str], list[list[str]], int]:
     """Headers, display cells and the index of the first numeric column."""
     extra_fields = [name for name, _ in rows[0].key.extras] if rows else []
+    at_epochs = [epoch for epoch, _ in rows[0].at_epochs] if rows else []
     headers = ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in extra_fields],
                "Seeds", "Diverged", "Epochs run", "Paper acc. [%]", "E* = paper stop − 20", "Test acc. at E* [%]",
+               *[f"Test acc. at epoch {epoch} [%]" for epoch in at_epochs],
                *[f"Epochs to {100 * f:.0f}% of paper" for f in FRACTIONS], "Test acc. at best val. [%]"]
     cells = []
     for row in rows:
@@ -130,15 +137,18 @@ def grid(rows: Sequence[MilestoneRow]) -> tuple[list[str], list[list[str]], int]
         reached = [("–" if r.seeds == 0 else _stat(r.epochs, 1)) + f" [{r.seeds}/{r.of}]" for r in row.reached]
         reached += ["–"] * (len(FRACTIONS) - len(reached))
         epochs_run = str(row.budget) if row.budget == row.longest else f"{row.budget}–{row.longest}"
+        at = [("–" if stat.n == 0 else _stat(stat, 2) + ("" if stat.n == row.seeds else f" [{stat.n}/{row.seeds}]"))
+              for _, stat in row.at_epochs]
         cells.append([*row.key.cells(), str(row.seeds), str(row.diverged), epochs_run, paper, implied, at_implied,
-                      *reached, _stat(row.best_within_budget, 2)])
+                      *at, *reached, _stat(row.best_within_budget, 2)])
     return headers, cells, len(TABLE1_FIELDS) + len(extra_fields)
 
 
 NOTES = ("Diverged: seeds whose weights became non-finite; their logs end there. "
          "Epochs run: fewest–most over the seeds. "
          "E*: the paper's mean stop epoch minus the 20 epochs of patience, i.e. its implied best epoch; the test "
-         "accuracy there is over the seeds whose logs reach it [seeds that did / seeds, when not all]. "
+         "accuracy there is over the seeds whose logs reach it [seeds that did / seeds, when not all]; so is the "
+         "test accuracy at an epoch asked for with --at-epochs. "
          "Epochs to x% of paper: the first epoch whose test accuracy reached x% of the paper's accuracy, mean (SD) "
          "over the seeds that reached it [seeds that did / seeds]. Test acc. at best val.: test accuracy at the "
          "epoch of the best validation accuracy within the epochs run. Means (sample SD) over seeds.")
