@@ -25,6 +25,7 @@ import conftest
 from qagrel_cli.cli import app
 from qagrel_cli.core import run_folder
 from qagrel_cli.core import training as engine
+from qagrel_cli.core.catalog import Rule
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import MNIST_FILES, load_dataset
 from qagrel_cli.reports.status import print_plan, print_status, status_report
@@ -231,7 +232,8 @@ def test_seed_and_seeds_together_is_a_one_line_error(tmp_path):
 def test_an_unknown_choice_names_the_choices_without_the_validation_librarys_prefix():
     result = runner.invoke(app, ["train", "--rule", "foo"])
     assert_one_line_error(result)
-    assert result.output.strip() == ("error: Invalid value for '--rule': 'foo' is not one of 'qagrel', 'bp'. "
+    choices = ", ".join(repr(rule.value) for rule in Rule)
+    assert result.output.strip() == (f"error: Invalid value for '--rule': 'foo' is not one of {choices}. "
                                      "(see 'qagrel train --help')")
 
 

@@ -186,6 +186,11 @@ class VmapPack:
                                        val_x=self.val_x[k], val_y=self.val_y[k])
         self.test_x, self.test_y = splits[0].test_x, splits[0].test_y  # the same test set for every seed
         self.scale = PixelScaling.stack([m.trainer.scale for m in members])
+        self._stack_lr()
+
+    def _stack_lr(self) -> None:
+        # Each member's alpha: members resumed from different epochs may be at different points of a schedule.
+        self.lr = torch.tensor([m.trainer.lr for m in self.members], device=self.device)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -197,8 +202,7 @@ class VmapPack:
         self.stacked.train()
         for m in self.members:
             m.trainer.set_epoch(m.progress.epoch)
-        # Each member's alpha: members resumed from different epochs may be at different points of a schedule.
-        self.lr = torch.tensor([m.trainer.lr for m in self.members], device=self.device)
+        self._stack_lr()
         order = torch.stack([m.trainer.epoch_order() for m in self.members])
         rows = torch.arange(len(self.members), device=self.device)[:, None]
         return run_batches(order, self.config.batch_size,
