@@ -49,7 +49,7 @@ CLASSES = 10
 
 
 def fake_splits(shape: tuple[int, int, int], n: int, device: torch.device, seed: int) -> Splits:
-    """Random uint8 images and labels in the layout the engine keeps on the device."""
+    """Random uint8 images and labels in the layout training keeps on the device."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8).to(device)
     labels = torch.randint(0, CLASSES, (n,), generator=g).to(device)

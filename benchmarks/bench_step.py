@@ -1,4 +1,4 @@
-"""Time one training step of qagrel's engine against a plain PyTorch step of the same network.
+"""Time one training step of qagrel's training against a plain PyTorch step of the same network.
 
     python benchmarks/bench_step.py [--device cpu|cuda] [--batch-size 100] [--steps 150] [--malloc keep|default]
                                     [--inputs mnist,cifar] [--json FILE]
@@ -7,7 +7,7 @@ For conv and loccon on MNIST-sized (1x28x28) and CIFAR-sized (3x32x32) input,
 it measures, side by side in one process:
   plain-bp : nn.Sequential of the same layers, autograd, torch.optim.SGD
   qagrel   : qagrel_cli.core.rules.qagrel_step (forward, selection, RPE, feedback, update)
-  bp       : qagrel_cli.core.rules.bp_step (the engine's BP on its own layers)
+  bp       : qagrel_cli.core.rules.bp_step (qagrel's BP on its own layers)
 and prints ratios: qagrel / plain-bp (target <= 1.1) and loccon / conv (target <= 3).
 On a CPU, malloc keeps freed memory for reuse, as `qagrel train` sets it
 (qagrel_cli/core/allocator.py; it applies to the whole process, so to all three

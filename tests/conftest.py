@@ -28,7 +28,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from qagrel_cli.core import training as engine
+from qagrel_cli.core import training
 from qagrel_cli.core.data import MNIST_FILES, RawData, Splits, load_dataset, make_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def small_mnist(mnist_dir, monkeypatch) -> Path:
 
     Only for tests that compare runs with each other, never for accuracy claims.
     """
-    monkeypatch.setattr(engine, "load_dataset", load_with_small_test_set)
+    monkeypatch.setattr(training, "load_dataset", load_with_small_test_set)
     return mnist_dir
 
 

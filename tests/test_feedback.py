@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qagrel_cli.core import run_folder, training as engine
+from qagrel_cli.core import run_folder, training
 from qagrel_cli.core.config import Arch, Feedback, Init, TrainConfig, paper_lr
 from qagrel_cli.core.data import make_splits
 from qagrel_cli.core.models import build_network
@@ -167,7 +167,7 @@ def test_a_fixed_feedback_run_logs_every_layer_s_angle_to_its_never_changed_w_pr
     # The run's weights at the end of each epoch, captured as the epoch loop saves or finishes the run
     # (a finished run keeps no checkpoint).
     snapshots: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    save, finish = engine.save_progress, engine.finish_run
+    save, finish = training.save_progress, training.finish_run
 
     def saving(out, trainer, progress, *args):
         snapshots[progress.epoch] = weights(trainer.net)
@@ -177,12 +177,12 @@ def test_a_fixed_feedback_run_logs_every_layer_s_angle_to_its_never_changed_w_pr
         snapshots[progress.epoch] = weights(trainer.net)
         return finish(out, trainer, progress, *args)
 
-    monkeypatch.setattr(engine, "save_progress", saving)
-    monkeypatch.setattr(engine, "finish_run", finishing)
+    monkeypatch.setattr(training, "save_progress", saving)
+    monkeypatch.setattr(training, "finish_run", finishing)
     run_dir = tmp_path / "run"
     # The library's train: `qagrel train` has no --val-size (its runs validate on 1000 images).
     config = TrainConfig(feedback="fixed", arch="fc", train_size=300, val_size=100, max_epochs=2, device="cpu")
-    engine.train(config, run_dir, data_dir=small_mnist, quiet=True)
+    training.train(config, run_dir, data_dir=small_mnist, quiet=True)
     assert run_folder.read_config(run_dir) == config
     log = run_folder.read_log(run_dir)
     angle_columns = [f"angle_{n}" for n in range(4)]  # fc 1500-1000-500: three hidden layers and the output

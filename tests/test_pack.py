@@ -33,7 +33,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from qagrel_cli.core import run_folder as runs, training as engine
+from qagrel_cli.core import run_folder as runs, training
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.config import parse_seeds
@@ -49,7 +49,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 @pytest.fixture
 def data(small_mnist, monkeypatch) -> Iterator[Path]:
-    monkeypatch.setattr(engine, "load_dataset", load_with_small_test_set)
+    monkeypatch.setattr(training, "load_dataset", load_with_small_test_set)
     # One thread: on a busy 2-core machine oneDNN's grouped convolutions (the vmap strategy's) stall
     # for seconds waiting for a second thread; the pack and the runs it is compared with share the setting.
     threads = torch.get_num_threads()
@@ -71,7 +71,7 @@ UPDATE_ANGLE_ATOL = 0.05  # degrees
 
 
 def one_by_one(config: TrainConfig, seeds: list[int], root: Path, data_dir: Path) -> list[dict]:
-    return [engine.train(dataclasses.replace(config, seed=s), root / dataclasses.replace(config, seed=s).run_id,
+    return [training.train(dataclasses.replace(config, seed=s), root / dataclasses.replace(config, seed=s).run_id,
                          data_dir=data_dir, quiet=True) for s in seeds]
 
 
@@ -140,7 +140,7 @@ def test_a_killed_pack_resumes_every_member_exactly(device, data, tmp_path, monk
     # random W': the feedback buffers must resume too; on CUDA so must the members' device generators.
     config = tiny(arch="fc", feedback="random", max_epochs=4, device=device)
     saves = {"n": 0}
-    real_save = engine.save_progress
+    real_save = training.save_progress
 
     def save_then_die(*args):
         if saves["n"] == len(SEEDS) + 1:  # killed in epoch 2, after one member saved it: members at epochs 2, 1, 1
@@ -148,10 +148,10 @@ def test_a_killed_pack_resumes_every_member_exactly(device, data, tmp_path, monk
         saves["n"] += 1
         real_save(*args)
 
-    monkeypatch.setattr(engine, "save_progress", save_then_die)
+    monkeypatch.setattr(training, "save_progress", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_pack(config, SEEDS, tmp_path / "pack", data_dir=data, quiet=True, strategy="vmap")
-    monkeypatch.setattr(engine, "save_progress", real_save)
+    monkeypatch.setattr(training, "save_progress", real_save)
     folders = sorted((tmp_path / "pack").iterdir())
     assert sorted(len(runs.read_log(f)) for f in folders) == [1, 1, 2]
     assert not any((f / runs.SUMMARY_FILE).exists() for f in folders)

@@ -29,7 +29,7 @@ VAL_OFFSET, TEST_OFFSET = -0.02, -0.03  # val/test curves sit a known distance b
 
 def make_run(root: Path, rule: str, seed: int, a: float, b: float, stop: int, *, dataset: str = "cifar10",
              arch: str = "conv", finished: bool = True, diverged: bool = False, **overrides) -> Path:
-    """A run folder as the engine leaves it: _config.yaml, log.parquet (config columns on every row), _summary.json."""
+    """A run folder as training leaves it: _config.yaml, log.parquet (config columns on every row), _summary.json."""
     config = TrainConfig(dataset=dataset, arch=arch, rule=rule, seed=seed, **overrides)
     run_dir = root / config.run_id
     write_config(run_dir, config)

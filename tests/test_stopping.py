@@ -1,4 +1,4 @@
-"""Early stopping: the engine's rule, replayed over logs with the run's own or a shorter patience."""
+"""Early stopping: training's rule, replayed over logs with the run's own or a shorter patience."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from qagrel_cli.core.stopping import replay, stopped_sooner, summary_under_stopp
 from qagrel_cli.sweeps.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every committed study whose runs were recorded by the current engine. results/protocol is left out: one
+# Every committed study whose runs were recorded by the current training code. results/protocol is left out: one
 # of its runs was recorded before a diverged first epoch could count as the best epoch.
 STUDIES = ("table1-cpu", "feedback", "bp-step", "patience", "smoke", "dropout")
 STOPPING_FIELDS = ("status", "stop_epoch", "best_epoch", "best_val_acc", "test_acc_at_best", "test_acc_at_stop",

@@ -309,7 +309,7 @@ def test_sweep_trains_every_run_and_a_rerun_trains_nothing(tmp_path, mnist_dir):
 
 
 def test_failing_run_records_its_error_and_the_others_still_finish(tmp_path, mnist_dir):
-    # Seed 1 asks for a device no machine has: the engine raises when that run starts.
+    # Seed 1 asks for a device no machine has: training raises when that run starts.
     sweep = sweep_file(tmp_path, yaml.safe_dump({"name": "f", "grid": TINY, "seeds": [0],
                                                  "include": [{"seed": 1, "device": "cuda:99"}]}))
     results = tmp_path / "results"

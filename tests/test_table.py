@@ -31,7 +31,7 @@ HIDDEN = {"conv": "21632-5408-500", "fc": "1500-1000-500"}
 def fabricate(root: Path, *, seed: int, stop_epoch: int = 10, best_epoch: int | None = None,
               test_acc_at_best: float = 0.9, test_acc_at_stop: float | None = None, best_val_acc: float = 0.9,
               diverged: bool = False, finished: bool = True, folder: str | None = None, **config) -> Path:
-    """A run folder as the engine leaves it: config, (summary), with the given numbers."""
+    """A run folder as training leaves it: config, (summary), with the given numbers."""
     cfg = TrainConfig.from_dict({**MNIST_CONV, "rule": "qagrel", **config, "seed": seed})
     run_dir = root / (folder or cfg.run_id)
     runs.write_config(run_dir, cfg)

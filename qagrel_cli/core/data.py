@@ -2,7 +2,7 @@
 
 The four datasets are small enough (at most 60000 x 3 x 32 x 32 bytes) to keep
 entirely on the training device, which is far faster than a DataLoader with
-per-sample PIL transforms. Images stay uint8; the engine scales each batch to
+per-sample PIL transforms. Images stay uint8; training scales each batch to
 [0, 1].
 
 Downloads always go through torchvision's dataset classes (with their MD5

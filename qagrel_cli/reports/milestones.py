@@ -99,7 +99,7 @@ def _row(key: RowKey, logs: list[pd.DataFrame], records: list[RunRecord], at_epo
         firsts = [int(log.index[log["test_acc"] >= goal].min()) for log in logs if (log["test_acc"] >= goal).any()]
         reached.append(Reached(len(firsts), len(logs), Stat.of([float(e) for e in firsts])))
     # Early stopping replayed over the whole log (the run's own patience, so its last epoch at the latest):
-    # the engine's best epoch, also for runs recorded before a diverged epoch could be the best.
+    # training's best epoch, also for runs recorded before a diverged epoch could be the best.
     best = [100 * replay(log.reset_index(), record.config).progress.test_acc_at_best
             for log, record in zip(logs, records)]
     diverged = sum(bool(record.summary.get("diverged")) for record in records)

@@ -328,7 +328,7 @@ def plot_run(run_dir: Path, out_file: Path, fmt: PlotFormat) -> Plotted:
     record, summary, config = run.record, run.record.summary, run.config
     curves = {c: run.curve(c) for c in ("train_reward", "val_acc", "test_acc")}
     table = pd.DataFrame({"epoch": curves["val_acc"].index, **{c: s.to_numpy() for c, s in curves.items()}})
-    # The epoch the model is kept from (its test accuracy is Table 1's): the engine's when finished, else
+    # The epoch the model is kept from (its test accuracy is Table 1's): training's when finished, else
     # the first best validation accuracy so far.
     if summary is not None and summary.get("best_epoch") in curves["val_acc"].index:
         best = int(summary["best_epoch"])

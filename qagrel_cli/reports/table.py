@@ -289,7 +289,7 @@ def with_stopping(record: RunRecord, *, patience: int | None = None, max_epochs:
 
 
 def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:
-    """Recomputed from the summary with the engine's rule, at our threshold (the stored flag uses 2x chance)."""
+    """Recomputed from the summary with training's rule, at our threshold (the stored flag uses 2x chance)."""
     best = summary.get("best_val_acc")
     if best is None or not math.isfinite(best):
         return False

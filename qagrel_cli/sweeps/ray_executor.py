@@ -6,14 +6,14 @@ Workers need no shared file system for results. The driver:
   as long as the run's task is out, so `qagrel status` shows the run as
   running and a second sweep, local or Ray, leaves it alone;
 - ships a partial run's `_config.yaml` and `_checkpoint.pt` to the task as
-  bytes (a new run ships nothing: the engine writes its config);
-- writes what the task streams back with write_run_files, in the engine's
+  bytes (a new run ships nothing: training writes its config);
+- writes what the task streams back with write_run_files, in training's
   order: after every epoch the config, the checkpoint and the log, at the end
   the config, the log and the summary (and the checkpoint goes).
 
 The task (a Ray generator task asking for `cpus_per_run` CPUs and
 `gpus_per_run` GPUs, fractions allowed) writes the shipped files into a
-scratch folder on its node, trains there with the engine (train_job, so a
+scratch folder on its node, trains there with qagrel's training (train_job, so a
 shipped checkpoint is resumed exactly as on one machine) and yields one
 Shipment per finished epoch and per finished run. Training runs in a thread;
 the generator watches the scratch folders and yields a run's checkpoint and log
@@ -56,7 +56,7 @@ from qagrel_cli.sweeps.progress import SweepProgress
 RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install 'qagrel[ray]' "
                "(in a checkout: pip install -e '.[ray]')")
 CONNECT_TIMEOUT_SECONDS = 10.0
-# The engine's write order (save_progress, finish_run): the summary says "finished", so it comes last.
+# Training's write order (save_progress, finish_run): the summary says "finished", so it comes last.
 SHIPPED_FILES = (CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE, SUMMARY_FILE)
 # How often a task looks for new epochs in its scratch folders (an epoch takes seconds at least).
 POLL_SECONDS = 0.2
@@ -105,7 +105,7 @@ def read_run_files(run_dir: Path, names: Sequence[str] = SHIPPED_FILES) -> dict[
 
 
 def write_run_files(run_dir: Path, files: dict[str, bytes]) -> None:
-    """Write shipped run files atomically, in the engine's order; a summary ends the run, so the checkpoint goes."""
+    """Write shipped run files atomically, in training's order; a summary ends the run, so the checkpoint goes."""
     for name in SHIPPED_FILES:
         if name in files:
             atomic_write(run_dir / name, lambda tmp, data=files[name]: tmp.write_bytes(data))
@@ -371,7 +371,7 @@ class _Watcher:
 
 
 def _epoch_snapshot(run_dir: Path, tries: int = 5) -> dict[str, bytes] | None:
-    """The run's checkpoint and log from the same epoch (the engine writes one, then the other), or None."""
+    """The run's checkpoint and log from the same epoch (training writes one, then the other), or None."""
     import pyarrow.parquet as pq
     import torch
 
