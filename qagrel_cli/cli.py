@@ -389,6 +389,10 @@ def collect(
                                            show_default=False)],
     dest: Annotated[Path, typer.Argument(metavar="DEST", help="Where its finished runs go, at the same places "
                                          "(e.g. results/table1).", show_default=False)],
+    with_weights: Annotated[bool, typer.Option("--with-weights", help="Also copy each run's weights at its best "
+                                               "and last epoch (_weights_best.pt, _weights_last.pt), for "
+                                               "`qagrel eval`; a run finished in DEST gets those it lacks.")
+                            ] = False,
 ) -> None:
     """Copy the finished runs under SOURCE into DEST (config, summary and log; never a checkpoint or a lock).
 
@@ -396,7 +400,7 @@ def collect(
     from qagrel_cli.sweeps.collect import collect as collect_runs
 
     try:
-        done = collect_runs(source, dest)
+        done = collect_runs(source, dest, with_weights=with_weights)
     except QagrelError as err:
         raise fail(str(err)) from None
     said = [f"collected {len(done.added)} finished run(s) into {dest}",

@@ -147,3 +147,35 @@ def test_a_run_that_cannot_be_copied_is_a_one_line_error_and_leaves_no_half_run(
     (dest / "s").write_text("a file where the sweep's folder would go")
     assert_one_line_error(runner.invoke(app, ["collect", str(scratch), str(dest)]), "cannot copy")
     assert sorted(p.name for p in dest.iterdir()) == ["s"]
+
+
+def with_weights(path):
+    """The run folder with both weights files, as training since issue 31 leaves it."""
+    for name in run_folder.WEIGHTS_FILES:
+        (path / name).write_bytes(name.encode())
+    return path
+
+
+def test_weights_stay_behind_unless_asked_for(tmp_path):
+    source = tmp_path / "scratch"
+    name = with_weights(run_dir(source, 0)).relative_to(source)
+    collect(source, tmp_path / "repo")
+    assert not any((tmp_path / "repo" / name / w).exists() for w in run_folder.WEIGHTS_FILES)
+
+
+def test_with_weights_a_run_arrives_with_its_weights(tmp_path):
+    source = tmp_path / "scratch"
+    name = with_weights(run_dir(source, 0)).relative_to(source)
+    result = runner.invoke(app, ["collect", str(source), str(tmp_path / "repo"), "--with-weights"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "repo" / name).iterdir()) == sorted(run_folder.RESULT_FILES
+                                                                                 + run_folder.WEIGHTS_FILES)
+
+
+def test_with_weights_a_run_collected_before_gets_the_weights_it_lacks(tmp_path):
+    source = tmp_path / "scratch"
+    name = with_weights(run_dir(source, 0)).relative_to(source)
+    collect(source, tmp_path / "repo")
+    done = collect(source, tmp_path / "repo", with_weights=True)
+    assert done.kept == [str(name)]
+    assert all((tmp_path / "repo" / name / w).read_bytes() == w.encode() for w in run_folder.WEIGHTS_FILES)

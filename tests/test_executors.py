@@ -22,6 +22,7 @@ from qagrel_cli.core import run_folder as runs
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import QagrelError
 from qagrel_cli.core.training import train
+from qagrel_cli.core.weights import WeightsAt, load_weights
 from qagrel_cli.sweeps.jobs import make_jobs
 from qagrel_cli.core.run_folder import try_lock
 from qagrel_cli.sweeps.ledger import SweepOutcome
@@ -55,14 +56,19 @@ def sweep_with(path: Path, results: Path, **kwargs) -> tuple[SweepOutcome, str]:
 
 
 def assert_same_results(ours: Path, theirs: Path, runs_expected: int = 4) -> None:
-    """The same finished run folders with the same files; equal configs, deterministic log columns, summaries."""
+    """The same finished run folders with the same files; equal configs, deterministic log columns, summaries
+    and weights."""
     run_ids = sorted(p.name for p in ours.iterdir() if p.is_dir())
     assert run_ids == sorted(p.name for p in theirs.iterdir() if p.is_dir())
     assert len(run_ids) == runs_expected
     for run_id in run_ids:
         a, b = ours / run_id, theirs / run_id
         assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir()) == sorted(
-            [runs.CONFIG_FILE, runs.SUMMARY_FILE, runs.LOG_FILE])
+            [runs.CONFIG_FILE, runs.SUMMARY_FILE, runs.LOG_FILE, *runs.WEIGHTS_FILES])
+        for at in WeightsAt:
+            weights_a, weights_b = load_weights(a, at), load_weights(b, at)
+            assert weights_a.epoch == weights_b.epoch
+            assert all(torch.equal(weights_a.net[n], weights_b.net[n]) for n in weights_a.net)
         assert (a / runs.CONFIG_FILE).read_text() == (b / runs.CONFIG_FILE).read_text()
         log_a, log_b = runs.read_log(a), runs.read_log(b)
         assert list(log_a.columns) == list(log_b.columns)

@@ -62,9 +62,10 @@ def test_different_seeds_give_different_runs(mnist_dir, tmp_path):
     assert not runs.read_log(tmp_path / "a")["train_loss"].equals(runs.read_log(tmp_path / "b")["train_loss"])
 
 
-def test_run_folder_holds_config_log_and_summary_and_no_checkpoint_when_finished(mnist_dir, tmp_path):
+def test_run_folder_holds_config_log_summary_and_weights_and_no_checkpoint_when_finished(mnist_dir, tmp_path):
     summary = train(tiny(), tmp_path, data_dir=mnist_dir, quiet=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["_config.yaml", "_summary.json", "log.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_config.yaml", "_summary.json", "_weights_best.pt",
+                                                          "_weights_last.pt", "log.parquet"]
     log = runs.read_log(tmp_path)
     assert list(log.columns[:8]) == list(runs.LOG_COLUMNS)
     assert (log["run_id"] == summary["run_id"]).all() and (log["hidden_units"] == "64-32").all()

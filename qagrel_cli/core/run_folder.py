@@ -4,6 +4,8 @@ Layout of `<run-dir>/`:
   _config.yaml    the TrainConfig (every default filled in)
   log.parquet     one row per finished epoch (+ the config columns on every row)
   _checkpoint.pt  weights, optimizer, RNG states, epoch, early-stopping state
+  _weights_best.pt  the network at its best-validation epoch (core/weights.py; rewritten at each new best)
+  _weights_last.pt  the network at its last epoch (written when the run ends)
   _summary.json   written once, when the run ends (finished or diverged)
   _error.txt      the error of a run that crashed (sweeps record it)
   _lock           flock-ed by the one process training the run (`try_lock`)
@@ -44,6 +46,10 @@ CHECKPOINT_FILE = "_checkpoint.pt"
 SUMMARY_FILE = "_summary.json"
 ERROR_FILE = "_error.txt"
 LOCK_FILE = "_lock"
+WEIGHTS_BEST_FILE = "_weights_best.pt"
+WEIGHTS_LAST_FILE = "_weights_last.pt"
+# The weights a run keeps (core/weights.py): large, so never committed and copied only when asked for.
+WEIGHTS_FILES = (WEIGHTS_BEST_FILE, WEIGHTS_LAST_FILE)
 # Files a run's folder may hold before training writes anything (the lock; a sweep's record of a crash).
 LEDGER_FILES = frozenset({LOCK_FILE, ERROR_FILE})
 # A finished run is read from these alone: what is kept and copied of it (never the checkpoint or lock).

@@ -122,11 +122,15 @@ class Trainer:
     def weights_finite(self) -> torch.Tensor:
         return torch.stack([torch.isfinite(layer.weight).all() for layer in self.net.layers]).all()
 
+    def net_state(self) -> dict[str, torch.Tensor]:
+        """The network's tensors (W, W', batch-norm scale, shift and running statistics), as the checkpoint and
+        the weights files save them. Cloned: a packed run's weights are views into the pack's stacked tensors,
+        and torch.save would write the whole stack."""
+        return {name: t.detach().clone() for name, t in self.net.state_dict().items()}
+
     def state_dict(self, progress: RunProgress) -> dict[str, Any]:
         return {
-            # Cloned: a packed run's weights are views into the pack's stacked tensors,
-            # and torch.save would write the whole stack.
-            "net": {name: t.detach().clone() for name, t in self.net.state_dict().items()},
+            "net": self.net_state(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "order_rng": self.order_rng.get_state(),
             "trial_rng": self.trial_rng.get_state(),

@@ -36,6 +36,7 @@ from qagrel_cli.core.packs import LoopPack, Member, PackStrategy, VmapPack
 from qagrel_cli.core.stopping import CONVERGED_RULE, RunProgress, should_stop, stopping_summary
 from qagrel_cli.core.device import describe_device, resolve_device
 from qagrel_cli.core.trainer import Trainer, record_epoch
+from qagrel_cli.core.weights import WeightsAt, save_if_best, save_weights
 
 RUNS_ROOT = Path("results") / "runs"  # where a run's folder goes by default: RUNS_ROOT / <run id>
 
@@ -239,7 +240,9 @@ def open_run(config: TrainConfig, out: Path, raw: RawData, device: torch.device)
 
 
 def save_progress(out: Path, trainer: Trainer, progress: RunProgress) -> None:
-    """Checkpoint, then log: the checkpoint holds the log rows too, so the two can never disagree."""
+    """Best weights (if this epoch is the best), checkpoint, then log: the checkpoint holds the log rows too, so
+    the two can never disagree, and it is never newer than the best weights."""
+    save_if_best(out, trainer, progress)
     run_folder.atomic_write(out / run_folder.CHECKPOINT_FILE,
                             lambda tmp: torch.save(trainer.state_dict(progress), tmp))
     run_folder.write_log(out, _log_frame(progress.rows, trainer.config, trainer.hidden_units))
@@ -247,8 +250,10 @@ def save_progress(out: Path, trainer: Trainer, progress: RunProgress) -> None:
 
 def finish_run(out: Path, trainer: Trainer, progress: RunProgress, diverged: bool, device: torch.device
                ) -> dict[str, Any]:
-    """Write the final log and the summary, drop the checkpoint; returns the summary."""
+    """Write the best and last weights, the final log and the summary, drop the checkpoint; returns the summary."""
+    save_if_best(out, trainer, progress)
     run_folder.write_log(out, _log_frame(progress.rows, trainer.config, trainer.hidden_units))
+    save_weights(out, WeightsAt.last, trainer, progress.epoch)
     summary = _summary(trainer.config, trainer, progress, diverged, device)
     run_folder.write_summary(out, summary)
     (out / run_folder.CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: the summary and log are the record

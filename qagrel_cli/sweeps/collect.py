@@ -3,10 +3,11 @@
 A sweep runs where there is room (a scratch disk, a cluster's file system) and its
 results are kept somewhere else (the repository's `results/`, a shared drive).
 `collect` copies each finished run's result files (config, summary, log) and the
-sweep files, never a checkpoint or a lock, so an unfinished run stays behind to
+sweep files (with `with_weights`, the run's weights files too), never a checkpoint or a lock, so an unfinished run stays behind to
 be resumed where it is. It is safe to repeat and to run while the sweep runs:
 
-- a run already finished in the destination is kept as it is;
+- a run already finished in the destination is kept as it is (with `with_weights`, given the weights
+  files it lacks);
 - an unfinished one there (partial, failed, damaged) is replaced by the finished run;
 - one that a process is training there is left alone and reported;
 - each run is staged in a `_collect-*` folder beside it and moved into place whole, so a
@@ -73,8 +74,9 @@ def place_finished_run(staged: Path, dest: Path) -> Placement:
     return Placement.added
 
 
-def collect(source: Path, dest: Path) -> Collected:
-    """Copy every finished run below `source` to the same place below `dest`, and the sweep files."""
+def collect(source: Path, dest: Path, *, with_weights: bool = False) -> Collected:
+    """Copy every finished run below `source` to the same place below `dest`, and the sweep files; with
+    `with_weights`, each run's weights at its best and last epoch too (core/weights.py)."""
     source = check_results_folder(source).resolve()
     dest = Path(dest).resolve()
     if dest == source or dest.is_relative_to(source) or source.is_relative_to(dest):
@@ -99,21 +101,26 @@ def collect(source: Path, dest: Path) -> Collected:
         if run_status(run_dir) != RunStatus.done:
             done.unfinished.append(name)
             continue
-        done.note(name, _collect_run(run_dir, dest / name))
+        files = run_folder.RESULT_FILES + (run_folder.WEIGHTS_FILES if with_weights else ())
+        done.note(name, _collect_run(run_dir, dest / name, files))
     return done
 
 
-def _collect_run(run_dir: Path, target: Path) -> Placement:
-    """Unless a finished run is at `target`, stage a copy of the run's result files beside it, then place it."""
+def _collect_run(run_dir: Path, target: Path, files: tuple[str, ...]) -> Placement:
+    """Unless a finished run is at `target`, stage a copy of the run's `files` beside it, then place it. A
+    finished run there gets only the weights files among `files` that it lacks (each written atomically)."""
     try:
         if run_status(target) == RunStatus.done:  # no copy to make
+            for name in files:
+                if name in run_folder.WEIGHTS_FILES and (run_dir / name).exists() and not (target / name).exists():
+                    run_folder.atomic_write(target / name, lambda tmp, src=run_dir / name: shutil.copyfile(src, tmp))
             return Placement.kept
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=STAGING_PREFIX) as staging:
             staged = Path(staging) / run_dir.name
             staged.mkdir()
-            for file_name in run_folder.RESULT_FILES:
-                if (run_dir / file_name).exists():  # a lost log: the summary still holds the results
+            for file_name in files:
+                if (run_dir / file_name).exists():  # a lost log (the summary holds the results), no weights (older)
                     shutil.copy2(run_dir / file_name, staged / file_name)
             return place_finished_run(staged, target)
     except OSError as err:  # a full disk, a folder not ours: one line, and no half run left behind

@@ -47,8 +47,8 @@ from typing import Any, Iterator, Sequence
 from rich.console import Console
 
 from qagrel_cli.core.config import QagrelError, TrainConfig
-from qagrel_cli.core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE, atomic_write, epochs_saved,
-                                       is_finished, release_lock)
+from qagrel_cli.core.run_folder import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE, WEIGHTS_BEST_FILE,
+                                       WEIGHTS_LAST_FILE, atomic_write, epochs_saved, is_finished, release_lock)
 from qagrel_cli.sweeps.jobs import Job, error_text, train_job
 from qagrel_cli.sweeps.ledger import EXIT_FAILED, EXIT_TRAINED, SweepOutcome, claim_runs, record_outcome, write_error
 from qagrel_cli.sweeps.progress import SweepProgress
@@ -57,7 +57,9 @@ RAY_MISSING = ("--executor ray needs Ray, an optional extra: pip install 'qagrel
                "(in a checkout: pip install -e '.[ray]')")
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Training's write order (save_progress, finish_run): the summary says "finished", so it comes last.
-SHIPPED_FILES = (CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE, SUMMARY_FILE)
+SHIPPED_FILES = (CONFIG_FILE, WEIGHTS_BEST_FILE, CHECKPOINT_FILE, LOG_FILE, WEIGHTS_LAST_FILE, SUMMARY_FILE)
+# What a task needs to resume a run: its best weights go too, or a retry would lose an earlier best epoch's.
+RESUME_FILES = (CONFIG_FILE, WEIGHTS_BEST_FILE, CHECKPOINT_FILE)
 # How often a task looks for new epochs in its scratch folders (an epoch takes seconds at least).
 POLL_SECONDS = 0.2
 
@@ -233,7 +235,7 @@ class _Driver:
 
     def _send(self, flight: _Flight) -> None:
         job = flight.remaining()
-        shipped = {c.run_id: read_run_files(self.root / c.run_id, (CONFIG_FILE, CHECKPOINT_FILE))
+        shipped = {c.run_id: read_run_files(self.root / c.run_id, RESUME_FILES)
                    for c in job.configs}
         # Ray's own retries are off: they would resend the first checkpoint, not the latest (see _lost).
         stream = self.task.options(num_cpus=self.options.cpus_per_run, num_gpus=self.options.gpus_per_run,
@@ -360,7 +362,8 @@ class _Watcher:
             run_dir = self.root / run_id
             if is_finished(run_dir):  # written after the final log
                 self.unfinished.remove(run_id)
-                yield Shipment(run_id, read_run_files(run_dir, (CONFIG_FILE, LOG_FILE, SUMMARY_FILE)))
+                yield Shipment(run_id, read_run_files(run_dir, (CONFIG_FILE, WEIGHTS_BEST_FILE, LOG_FILE,
+                                                                WEIGHTS_LAST_FILE, SUMMARY_FILE)))
                 continue
             stamp = self._stamp(run_id)
             if stamp is not None and stamp != self.seen[run_id]:
@@ -371,16 +374,23 @@ class _Watcher:
 
 
 def _epoch_snapshot(run_dir: Path, tries: int = 5) -> dict[str, bytes] | None:
-    """The run's checkpoint and log from the same epoch (training writes one, then the other), or None."""
+    """The run's checkpoint, log and best weights from the same epoch (training writes the best weights, the
+    checkpoint, then the log), or None."""
     import pyarrow.parquet as pq
     import torch
+
+    def load(data: bytes) -> Any:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     for _ in range(tries):
         files = read_run_files(run_dir, (CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE))
         if len(files) < 3:  # just finished: the checkpoint is gone, the summary comes next poll
             return None
-        epoch = torch.load(io.BytesIO(files[CHECKPOINT_FILE]), map_location="cpu", weights_only=True)["state"]["epoch"]
-        if pq.read_metadata(io.BytesIO(files[LOG_FILE])).num_rows == epoch:
+        files.update(read_run_files(run_dir, (WEIGHTS_BEST_FILE,)))  # read last: never older than the checkpoint
+        state = load(files[CHECKPOINT_FILE])["state"]
+        best = load(files[WEIGHTS_BEST_FILE])["epoch"] if WEIGHTS_BEST_FILE in files else None
+        same_best = best is None or int(best) == state["best_epoch"]
+        if pq.read_metadata(io.BytesIO(files[LOG_FILE])).num_rows == state["epoch"] and same_best:
             return files
         time.sleep(0.01)
     return None
