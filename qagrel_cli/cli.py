@@ -412,6 +412,54 @@ def collect(
                    + "; stop that process and collect again", 1)
 
 
+class EvalEpoch(str, Enum):  # the choices of core.weights.WeightsAt, without importing torch for --help
+    best = "best"
+    last = "last"
+
+
+class EvalSplit(str, Enum):  # core.evaluate.Split's choices
+    test = "test"
+    val = "val"
+
+
+@app.command("eval", cls=QagrelCommand)
+def evaluate(
+    path: Annotated[Path, typer.Argument(metavar="RUN_OR_FOLDER", help="A run folder, or a folder of runs (each "
+                                         "evaluated; per-class accuracy and the confusion matrix pooled).",
+                                         show_default=False)],
+    epoch: Annotated[EvalEpoch, typer.Option(help="The weights of the best-validation epoch or of the last.")
+                     ] = EvalEpoch.best,
+    split: Annotated[EvalSplit, typer.Option(help="test, or the run's own held-out validation images (drawn "
+                                             "from its seed, as in training).")] = EvalSplit.test,
+    confusion: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", help="Also draw the confusion matrix to this .png, .pdf or .svg file.",
+        show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    data_dir: DataDirOption = None,
+    download: DownloadOption = True,
+) -> None:
+    """Evaluate a run's saved weights again: accuracy, per-class accuracy, and the confusion matrix."""
+    from qagrel_cli.core.evaluate import Split, evaluate_run
+    from qagrel_cli.core.run_folder import find_run_dirs
+    from qagrel_cli.core.weights import WeightsAt
+    from qagrel_cli.reports.evaluation import check_confusion_file, draw_confusion, print_evaluations
+
+    try:
+        if confusion is not None:
+            check_confusion_file(confusion)
+        run_dirs = find_run_dirs(path)
+        if not run_dirs:
+            raise QagrelError(f"{path}: no run folders there")
+        evaluations = [evaluate_run(d, WeightsAt(epoch.value), Split(split.value), data_dir=data_dir,
+                                    download=download, device=device) for d in run_dirs]
+        drawn = draw_confusion(evaluations, confusion) if confusion is not None else None
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    print_evaluations(evaluations, report_console())
+    if drawn is not None:
+        console.print(f"wrote {drawn}", highlight=False, soft_wrap=True)
+
+
 def write_report(text: str, out: Path | None) -> None:
     """A report to the file `out` (written whole or not at all, and said in one line), else to standard output."""
     from qagrel_cli.core.run_folder import atomic_write_text
