@@ -567,7 +567,8 @@ FIGURE3_PANEL = "Figure 3 (a folder of runs)"
 @app.command(cls=QagrelCommand)
 def plot(
     path: Annotated[Path, typer.Argument(metavar="DIRECTORY", help="A folder of runs (e.g. results/table1): "
-                                         "Figure 3 over them. One run folder: its learning curves.",
+                                         "Figure 3 over them (one rule's runs alone: their curves). One run "
+                                         "folder: its learning curves.",
                                          show_default=False)],
     out: Annotated[Optional[Path], typer.Option(
         help="Folder for the figure, or a file name ending in .png, .pdf or .svg. Default: _figures/ in the "

@@ -241,12 +241,15 @@ def test_cli_error_for_a_folder_with_no_runs(tmp_path):
     assert result.exit_code == 2 and "no runs in" in result.output
 
 
-def test_cli_error_for_runs_of_only_one_rule(tmp_path):
+def test_a_folder_of_one_rules_runs_gets_their_curves(tmp_path):
     for seed, (a, b, stop) in enumerate(QAGREL_SEEDS):
         make_run(tmp_path, "qagrel", seed, a, b, stop)
     result = invoke("plot", tmp_path, "--out", tmp_path / "figs")
-    assert result.exit_code == 2 and "only one rule (Q-AGREL)" in result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 0, result.output
+    [figure] = (tmp_path / "figs").glob("*.png")
+    table = pd.read_csv(figure.with_suffix(".csv"))
+    assert set(table["rule"]) == {"qagrel"} and set(table["n"]) == {len(QAGREL_SEEDS)}
+    assert table["epoch"].max() == max(stop for _, _, stop in QAGREL_SEEDS)
 
 
 def test_cli_error_for_an_out_file_of_an_unknown_format(tmp_path):

@@ -182,7 +182,8 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
          after_stop: AfterStop = AfterStop.hold, fmt: PlotFormat | None = None,
          datasets: Sequence[Dataset] = (), archs: Sequence[Arch] = (), fcs: Sequence[str] = (),
          angle_kind: AngleKind = FEEDBACK_ANGLES) -> Plotted:
-    """Plot one run folder's learning curves, or Figure 3 over every run below `path`; with `angles`, the
+    """Plot one run folder's learning curves, or Figure 3 over every run below `path` (Q-AGREL beside Error-BP
+    when both are there; one rule's runs alone get their curves, mean +/- 2 SD over seeds); with `angles`, the
     angle between W and W'^T per layer over epochs instead (of that run, or of the runs below `path`), or with
     `angle_kind=BP_ANGLES` the angle of each rule's weight change to Error-BP's gradient.
 
@@ -232,12 +233,6 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
         out_file, fmt = _output_file(out, folder, stem, fmt)
         plotted = plot_angles(with_angles, out_file, fmt, after_stop=after_stop, notes=notes, kind=kind)
         return Plotted(plotted.figure, plotted.csv, [*plotted.notes, *warnings])
-    rules = {str(r.config["rule"]) for r in runs}
-    if len(rules) < 2 and not any(_varying(group) for group in _panels(runs).values()):
-        only = RULE_NAMES.get(next(iter(rules)), next(iter(rules)))
-        raise QagrelError(f"{path} holds finished runs of only one rule ({only}), in one setting; Figure 3 compares "
-                          "Q-AGREL with Error-BP (or settings of one rule), so add runs of the other rule (or plot "
-                          "a single run folder)")
     name_parts = [path.resolve().name, "figure3"]
     name_parts += [] if metric == Metric.train else [metric.value]
     out_file, fmt = _output_file(out, path / FIGURES_FOLDER, "_".join(name_parts + filters + drop), fmt)
@@ -289,9 +284,10 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
     rules = sorted({str(r.config["rule"]) for r in runs}, key=lambda r: setting_order("rule", r))
     if len(rules) > 1:
         title = "Q-AGREL (trial and error) vs error-backpropagation"
-    else:  # one rule in several settings (e.g. the feedback study): say which settings differ
+    else:  # one rule, in several settings (e.g. the feedback study: say which differ) or in one
         varying = sorted({f for _, group in panels for f in _varying(group)})
-        title = f"{RULE_NAMES.get(rules[0], rules[0])} by {', '.join(varying)}"
+        by = f" by {', '.join(varying)}" if varying else ": learning curves"
+        title = f"{RULE_NAMES.get(rules[0], rules[0])}{by}"
     caption = " ".join([what, _BAND_SENTENCE, "Bands are drawn within [0, 1] (the CSV holds them whole).",
                         _stop_sentence(after_stop), *notes])
     fig.suptitle(title, fontsize="large")
