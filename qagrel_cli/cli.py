@@ -101,8 +101,20 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def _print_version(wanted: bool) -> None:
+    """--version: the version and git commit, then exit before any command runs."""
+    if wanted:
+        from qagrel_cli.core.provenance import version_line
+
+        print(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
-def main_callback() -> None:
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", help="Print the qagrel version and git commit, and exit.",
+                                          callback=_print_version, is_eager=True)] = False,
+) -> None:
     """Reproduce Table 1 of the Q-AGREL paper: biologically plausible deep RL vs error-backpropagation."""
 
 DATA_PANEL = "Data"
@@ -264,8 +276,8 @@ def train(
         if any(epochs_saved(d) for d in run_dirs):
             raise fail("interrupted; every finished epoch is saved: run the same command again to resume", 130)
         raise fail("interrupted before the first epoch ended: nothing was saved", 130)
-    for summary in summaries:
-        print_summary(summary, report_console())
+    for summary, run_dir in zip(summaries, run_dirs):
+        print_summary(summary, report_console(), run_dir)
     diverged = [s for s in summaries if s["diverged"]]
     if diverged:
         where = ", ".join(f"seed {s['config']['seed']} at epoch {s['stop_epoch']}" for s in diverged)

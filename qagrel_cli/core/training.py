@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ import qagrel_cli
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import RawData, load_dataset, make_splits
+from qagrel_cli.core.provenance import git_commit
 from qagrel_cli.core.packs import LoopPack, Member, PackStrategy, VmapPack
 from qagrel_cli.core.stopping import CONVERGED_RULE, RunProgress, should_stop, stopping_summary
 from qagrel_cli.core.device import describe_device, resolve_device
@@ -285,16 +285,7 @@ def _summary(config: TrainConfig, trainer: Trainer, progress: RunProgress, diver
         "device": describe_device(device),
         "torch_version": torch.__version__,
         "qagrel_version": qagrel_cli.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "config": config.to_dict(),
     }
 
-
-def _git_commit() -> str | None:
-    """The source tree's commit, when the package runs from a git checkout."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None

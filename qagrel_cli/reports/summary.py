@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -10,12 +11,14 @@ from rich.table import Table
 from qagrel_cli.reports.console import fit
 
 
-def print_summary(summary: dict[str, Any], console: Console) -> None:
-    """Print the end-of-run summary: stop epoch, best validation, test accuracy, time."""
+def print_summary(summary: dict[str, Any], console: Console, run_dir: Path | None = None) -> None:
+    """Print the end-of-run summary: where the run is, stop epoch, best validation, test accuracy, time."""
     cfg = summary["config"]
     table = Table(title=f"{summary['run_id']}  ({summary['status']})", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
+    if run_dir is not None:  # where its log, summary and weights are: what `qagrel eval` and `plot` take
+        table.add_row("run folder", str(run_dir))
     table.add_row("rule / arch", f"{cfg['rule']} / {cfg['arch']} {summary['hidden_units']}  (alpha {cfg['lr']:g})")
     table.add_row("stop epoch", str(summary["stop_epoch"]))
     table.add_row("best epoch", str(summary["best_epoch"]))
