@@ -472,6 +472,28 @@ def evaluate(
         console.print(f"wrote {drawn}", highlight=False, soft_wrap=True)
 
 
+@app.command(cls=QagrelCommand)
+def export(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="A folder of runs (or one run folder).",
+                                              show_default=False)],
+    tensorboard: Annotated[Path, typer.Option(
+        "--tensorboard", metavar="OUT", help="Write one TensorBoard run per run folder here: every logged "
+        "metric per epoch, the config as hparams with the final accuracy (pip install -e '.\\[tensorboard]').",
+        show_default=False)],
+) -> None:
+    """Export runs for other tools: to TensorBoard (`tensorboard --logdir OUT`)."""
+    from qagrel_cli.reports.export import export_tensorboard
+
+    try:
+        done = export_tensorboard(directory, tensorboard)
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    warn(done.warnings)
+    unfinished = f" ({done.unfinished} unfinished: curves only, no hparams)" if done.unfinished else ""
+    console.print(f"wrote {len(done.runs)} TensorBoard run(s) into {tensorboard}{unfinished}", highlight=False,
+                  soft_wrap=True)
+
+
 def write_report(text: str, out: Path | None) -> None:
     """A report to the file `out` (written whole or not at all, and said in one line), else to standard output."""
     from qagrel_cli.core.run_folder import atomic_write_text
