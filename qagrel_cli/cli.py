@@ -593,6 +593,25 @@ def milestones(
     write_report(render(rows, fmt, source=str(directory)), out)
 
 
+@app.command(cls=QagrelCommand)
+def report(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="A folder of runs, e.g. results/feedback.",
+                                              show_default=False)],
+    compare: Annotated[Optional[Compare], typer.Option(help="Set the paper's Table 1 beside ours (as `qagrel "
+                                                       "table --compare paper`).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="The Markdown file; Figure 3 goes into <its name>_figures/ beside "
+                                      "it.")] = Path("report.md"),
+) -> None:
+    """One Markdown report of a folder of runs: status, Table 1, epoch ratios, milestones, Figure 3, provenance."""
+    from qagrel_cli.reports.report import build_report
+
+    try:
+        text = build_report(directory, out, compare=compare is not None)
+    except QagrelError as err:
+        raise fail(str(err)) from None
+    write_report(text, out)
+
+
 # --- plot
 
 FIGURE3_PANEL = "Figure 3 (a folder of runs)"
