@@ -67,6 +67,10 @@ class QagrelCommand(TyperCommand):
 class OneLineErrors(TyperGroup):
     """Report usage errors (bad option values, unknown options) as one line, not a boxed panel."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _no_flag_metavars(self.params)  # --version
+
     def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
         option = super().get_help_option(ctx)
         _no_flag_metavars([option] if option is not None else [])

@@ -35,6 +35,12 @@ def test_version_prints_the_version_and_the_git_commit():
     assert (commit[:12] if commit else "not a git checkout") in result.output
 
 
+def test_version_is_a_flag_in_the_help_without_a_type():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    [line] = [line for line in result.output.splitlines() if "--version" in line]
+    assert "<bool>" not in line
+
+
 def test_train_summary_names_the_run_folder(mnist_dir, tmp_path):
     out = tmp_path / "my-run"
     result = runner.invoke(app, ["train", "--arch", "fc", "--fc", "16", "--train-size", "200", "--max-epochs", "1",
