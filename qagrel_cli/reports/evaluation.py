@@ -101,5 +101,5 @@ def draw_confusion(evaluations: Sequence[Evaluation], out: Path) -> Path:
     return out
 
 
-__all__ = ["check_confusion_file", "per_class_accuracy", "pooled_confusion", "runs_table", "class_table", "print_evaluations",
-           "draw_confusion"]
+__all__ = ["check_confusion_file", "per_class_accuracy", "pooled_confusion", "runs_table", "class_table",
+           "print_evaluations", "draw_confusion"]

@@ -3,8 +3,9 @@
 A sweep runs where there is room (a scratch disk, a cluster's file system) and its
 results are kept somewhere else (the repository's `results/`, a shared drive).
 `collect` copies each finished run's result files (config, summary, log) and the
-sweep files (with `with_weights`, the run's weights files too), never a checkpoint or a lock, so an unfinished run stays behind to
-be resumed where it is. It is safe to repeat and to run while the sweep runs:
+sweep files (with `with_weights`, the run's weights files too), never a checkpoint or a
+lock, so an unfinished run stays behind to be resumed where it is. It is safe to repeat
+and to run while the sweep runs:
 
 - a run already finished in the destination is kept as it is (with `with_weights`, given the weights
   files it lacks);
