@@ -33,6 +33,7 @@ finished before its worker died keep their summaries; nothing finished is lost.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import math
@@ -348,6 +349,9 @@ class _Watcher:
         self.root = root
         self.unfinished = list(run_ids)
         self.seen = {run_id: self._stamp(run_id) for run_id in run_ids}  # the shipped checkpoint is not news
+        # The best weights the driver has (tens of MB): sent again only when a new best epoch rewrote them.
+        self.best_sent = {run_id: _digest(read_run_files(root / run_id, (WEIGHTS_BEST_FILE,)))
+                          for run_id in run_ids}
 
     def _stamp(self, run_id: str) -> tuple[int, int] | None:
         try:  # every atomic write is a new file: a new inode
@@ -370,7 +374,17 @@ class _Watcher:
                 files = _epoch_snapshot(run_dir)
                 if files is not None:
                     self.seen[run_id] = stamp
+                    best = _digest(files)
+                    if best == self.best_sent[run_id]:
+                        files.pop(WEIGHTS_BEST_FILE, None)
+                    self.best_sent[run_id] = best
                     yield Shipment(run_id, files)
+
+
+def _digest(files: dict[str, bytes]) -> str | None:
+    """A fingerprint of the best weights among `files` (None without them)."""
+    data = files.get(WEIGHTS_BEST_FILE)
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def _epoch_snapshot(run_dir: Path, tries: int = 5) -> dict[str, bytes] | None:
