@@ -238,6 +238,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN_PANEL)] = False,
 ) -> None:
     """Train one network of Table 1 and record every epoch (resumable; re-run to continue)."""
+    from qagrel_cli.core.interrupts import sigterm_interrupts
     from qagrel_cli.core.run_folder import epochs_saved
     from qagrel_cli.core.training import run_folders, train_runs
     from qagrel_cli.reports.summary import print_summary
@@ -256,8 +257,9 @@ def train(
             "max_epochs": max_epochs, "train_size": train_size, "val_size": val_size, "device": device, **options}))
         configs = [config] if seeds is None else [replace(config, seed=s) for s in parse_seeds(seeds)]
         run_dirs = run_folders(configs, out, packed=seeds is not None)
-        summaries = train_runs(configs, run_dirs, data_dir=data_dir, download=download, quiet=quiet,
-                               console=console)
+        with sigterm_interrupts():  # a scheduler's stop ends the run as Ctrl-C does
+            summaries = train_runs(configs, run_dirs, data_dir=data_dir, download=download, quiet=quiet,
+                                   console=console)
     except QagrelError as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:

@@ -11,7 +11,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -502,3 +504,81 @@ def test_the_committed_subset_is_the_first_2000_training_and_500_test_images_of_
         full = load_dataset("mnist", conftest.MNIST_DATA)
         assert torch.equal(subset.train_x, full.train_x[:2000]) and torch.equal(subset.test_x, full.test_x[:500])
         assert torch.equal(subset.train_y, full.train_y[:2000]) and torch.equal(subset.test_y, full.test_y[:500])
+
+
+# ------------------------------------------ issue 32: a scheduler's stop, log files
+
+def sigterm_in_epoch(monkeypatch, which: int) -> None:
+    """Make epoch `which` of the next training receive SIGTERM, as a scheduler ending the job sends it."""
+    real_epoch = engine._train_epoch
+    calls = []
+
+    def epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == which:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, long before this ends
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_epoch", epoch)
+
+
+def test_sigterm_in_train_is_ctrl_c_one_line_exit_130_and_the_finished_epochs_are_kept(tmp_path, mnist_dir,
+                                                                                      monkeypatch):
+    handler = signal.getsignal(signal.SIGTERM)
+    sigterm_in_epoch(monkeypatch, 2)
+    args = [*TINY_TRAIN, "--max-epochs", "3", "--patience", "10", "--data-dir", str(mnist_dir),
+            "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    assert_one_line_error(result, "every finished epoch is saved: run the same command again to resume")
+    assert len(run_folder.read_log(tmp_path / "run")) == 1
+    assert signal.getsignal(signal.SIGTERM) == handler  # given back once train ends
+    monkeypatch.undo()
+    assert runner.invoke(app, args).exit_code == 0  # the resume continues from the kept epoch
+    assert run_folder.read_log(tmp_path / "run")["epoch"].tolist() == [1, 2, 3]
+
+
+def tiny_config(**options) -> TrainConfig:
+    return TrainConfig(arch="fc", fc="16", train_size=200, val_size=100, device="cpu", **options)
+
+
+def test_sigterm_in_train_shows_the_terminals_cursor_again(tmp_path, mnist_dir, monkeypatch):
+    from qagrel_cli.core.interrupts import sigterm_interrupts
+
+    screen = Console(file=io.StringIO(), force_terminal=True, width=100)
+    sigterm_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
+        engine.train(tiny_config(), tmp_path / "run", data_dir=mnist_dir, console=screen)
+    text = screen.file.getvalue()
+    assert "\x1b[?25l" in text and text.rindex("\x1b[?25h") > text.rindex("\x1b[?25l")  # hidden, then shown
+
+
+class FlushRecorder(io.StringIO):
+    """A log file that remembers what it held at each flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+def test_train_off_a_terminal_writes_and_flushes_one_plain_line_per_epoch_as_it_ends(tmp_path, mnist_dir,
+                                                                                     monkeypatch):
+    log_file = FlushRecorder()
+    real_epoch = engine._train_epoch
+    flushed_before_epoch = []
+
+    def epoch(*args, **kwargs):
+        flushed_before_epoch.append(log_file.flushed[-1] if log_file.flushed else "")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_epoch", epoch)
+    engine.train(tiny_config(max_epochs=3, patience=10), tmp_path / "run", data_dir=mnist_dir,
+                 console=Console(file=log_file, width=100))
+    lines = log_file.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert all("reward" in line and "val" in line and "test" in line and "\x1b" not in line for line in lines)
+    assert flushed_before_epoch[1].splitlines() == lines[:1] and flushed_before_epoch[2].splitlines() == lines[:2]

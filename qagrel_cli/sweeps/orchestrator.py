@@ -8,17 +8,15 @@ executors report back through the ledger; they never import this module.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import default_data_dir, load_dataset
+from qagrel_cli.core.interrupts import sigterm_interrupts
 from qagrel_cli.core.run_folder import atomic_write_text
 from qagrel_cli.sweeps.jobs import make_jobs
 from qagrel_cli.sweeps.ledger import RunStatus, SweepOutcome, damaged_file, run_status
@@ -88,7 +86,7 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
     sweep_file = root / SWEEP_FILE
     if not sweep_file.exists() or sweep_file.read_text() != sweep.text:
         atomic_write_text(sweep_file, sweep.text)  # a read-only or full folder: one line, before any run starts
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         if ray is not None:
             from qagrel_cli.sweeps.ray_executor import execute as execute_on_ray
             execute_on_ray(root, jobs, data_dir, download, outcome, console, ray)
@@ -96,24 +94,6 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
             from qagrel_cli.sweeps.local_executor import execute as execute_locally
             execute_locally(root, jobs, workers, data_dir, download, outcome, console, threads)
     return outcome
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler ending the job) stops the sweep as Ctrl-C does: the executor catches KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
 
 
 __all__ = ["run_sweep"]
