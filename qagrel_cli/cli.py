@@ -325,16 +325,21 @@ def sweep(
                                                 rich_help_panel=RAY_PANEL)] = 0.0,
     retries: Annotated[int, typer.Option(min=0, help="Times a job whose Ray worker died is sent again, from the "
                                          "checkpoints it shipped back.", rich_help_panel=RAY_PANEL)] = 2,
+    replace_sweep: Annotated[bool, typer.Option("--replace", help="Let this file take over a sweep name that "
+                                                "another sweep file used in --results (its runs stay).",
+                                                rich_help_panel=SWEEP_PANEL)] = False,
     data_dir: DataDirOption = None,
     download: DownloadOption = True,
 ) -> None:
     """Train every run of a sweep file; run it again to resume (Ctrl-C, kill -9 or a reboot lose no finished epoch)."""
     from qagrel_cli.reports.status import print_plan
     from qagrel_cli.sweeps.orchestrator import run_sweep
-    from qagrel_cli.sweeps.sweep_file import load_sweep
+    from qagrel_cli.sweeps.sweep_file import check_sweep_name, load_sweep
 
     try:
         plan = load_sweep(file)
+        if not replace_sweep:
+            check_sweep_name(plan, results)
         if estimate and not dry_run:
             raise QagrelError("--estimate goes with --dry-run: qagrel sweep FILE --dry-run --estimate")
         if dry_run:
@@ -351,7 +356,8 @@ def sweep(
             from qagrel_cli.sweeps.ray_executor import RayOptions
             ray = RayOptions(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, retries=retries)
         outcome = run_sweep(plan, results, workers=workers, data_dir=data_dir, download=download,
-                            retry_failed=retry_failed, console=console, pack=pack, ray=ray, threads=threads)
+                            retry_failed=retry_failed, console=console, pack=pack, ray=ray, threads=threads,
+                            replace=replace_sweep)
     except QagrelError as err:
         raise fail(str(err)) from None
     console.print(outcome.describe(), highlight=False, soft_wrap=True)

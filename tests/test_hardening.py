@@ -582,3 +582,45 @@ def test_train_off_a_terminal_writes_and_flushes_one_plain_line_per_epoch_as_it_
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
     assert all("reward" in line and "val" in line and "test" in line and "\x1b" not in line for line in lines)
     assert flushed_before_epoch[1].splitlines() == lines[:1] and flushed_before_epoch[2].splitlines() == lines[:2]
+
+
+# ------------------------------------------ issue 32: one sweep per name in a results root
+
+TINY_SWEEP = "name: s\ngrid: {arch: fc, fc: '16', train_size: 100, val_size: 100, max_epochs: 1, device: cpu}\n"
+
+
+def stored_sweep(results: Path, text: str) -> Path:
+    """results/s/_sweep.yaml holding `text`, as an earlier sweep named s left it."""
+    stored = results / "s" / "_sweep.yaml"
+    stored.parent.mkdir(parents=True)
+    stored.write_text(text)
+    return stored
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_sweep_name_another_sweep_file_used_in_the_results_root_is_refused_naming_both_files(tmp_path, dry_run):
+    stored = stored_sweep(tmp_path / "results", TINY_SWEEP.replace("max_epochs: 1", "max_epochs: 2"))
+    given = tmp_path / "mine.yaml"
+    given.write_text(TINY_SWEEP)
+    result = runner.invoke(app, ["sweep", str(given), "--results", str(tmp_path / "results"), *dry_run])
+    assert_one_line_error(result, str(stored), str(given), "--replace")
+    assert [p.name for p in stored.parent.iterdir()] == ["_sweep.yaml"]
+    assert "max_epochs: 2" in stored.read_text()
+
+
+def test_replace_lets_a_sweep_file_take_over_a_name_used_by_another(tmp_path, mnist_dir):
+    stored = stored_sweep(tmp_path / "results", TINY_SWEEP.replace("max_epochs: 1", "max_epochs: 2"))
+    given = tmp_path / "mine.yaml"
+    given.write_text(TINY_SWEEP)
+    result = runner.invoke(app, ["sweep", str(given), "--results", str(tmp_path / "results"), "--replace",
+                                 "--data-dir", str(mnist_dir)])
+    assert result.exit_code == 0, result.output
+    assert stored.read_text() == TINY_SWEEP
+
+
+def test_rerunning_the_same_sweep_file_is_not_a_name_conflict(tmp_path):
+    stored_sweep(tmp_path / "results", TINY_SWEEP)
+    given = tmp_path / "s.yaml"
+    given.write_text(TINY_SWEEP)
+    assert runner.invoke(app, ["sweep", str(given), "--results", str(tmp_path / "results"), "--dry-run"]
+                         ).exit_code == 0

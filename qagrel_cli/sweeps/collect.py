@@ -19,7 +19,6 @@ an error before anything is copied. `place_finished_run` is also how
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shutil
 import tempfile
@@ -31,7 +30,7 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import check_results_folder, read_results
-from qagrel_cli.sweeps.sweep_file import SWEEP_FILE
+from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, refuse_other_sweep
 
 STAGING_PREFIX = "_collect-"  # '_': never read as a run folder
 
@@ -83,9 +82,12 @@ def collect(source: Path, dest: Path) -> Collected:
         raise QagrelError(f"{dest} is a file, not a results folder")
     sweep_files = sorted(p for p in source.rglob(SWEEP_FILE) if not run_folder.is_hidden(p.parent, source))
     for sweep_file in sweep_files:  # all checked before anything is copied
-        there = dest / sweep_file.relative_to(source)
-        if there.exists() and not filecmp.cmp(sweep_file, there, shallow=False):
-            raise QagrelError(f"{there} is not the sweep file of {sweep_file.parent}: a different sweep is there")
+        try:
+            text = sweep_file.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise QagrelError(f"{sweep_file}: cannot read the sweep file ({err})") from None
+        refuse_other_sweep(dest / sweep_file.relative_to(source), text, sweep_file,
+                           "collect it into another folder")
     done = Collected()
     for sweep_file in sweep_files:
         there = dest / sweep_file.relative_to(source)

@@ -20,7 +20,7 @@ from qagrel_cli.core.interrupts import sigterm_interrupts
 from qagrel_cli.core.run_folder import atomic_write_text
 from qagrel_cli.sweeps.jobs import make_jobs
 from qagrel_cli.sweeps.ledger import RunStatus, SweepOutcome, damaged_file, run_status
-from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep
+from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep, check_sweep_name
 
 if TYPE_CHECKING:
     from qagrel_cli.sweeps.ray_executor import RayOptions
@@ -28,14 +28,15 @@ if TYPE_CHECKING:
 
 def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path | None = None,
               download: bool = False, retry_failed: bool = False, console: Console | None = None,
-              pack: int | None = None, ray: "RayOptions | None" = None, threads: int | None = None
-              ) -> SweepOutcome:
+              pack: int | None = None, ray: "RayOptions | None" = None, threads: int | None = None,
+              replace: bool = False) -> SweepOutcome:
     """Train every unfinished run of `sweep`; resume partial runs, skip locked ones.
 
     Runs go to `workers` local processes, or with `ray` to Ray tasks (see
     ray_executor.py). `threads`: CPU threads per local worker (default: the
     cores divided among them). `pack` (default: the sweep file's `pack:`) trains up to
-    that many runs that differ only in seed as one seed pack per worker.
+    that many runs that differ only in seed as one seed pack per worker. A sweep whose name another sweep
+    file holds in `results` is refused unless `replace` (then this file becomes that name's sweep).
     Ctrl-C and SIGTERM stop the workers at once (every finished epoch is
     already saved) and return with `interrupted` set.
     """
@@ -49,6 +50,8 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
     if ray is not None:
         from qagrel_cli.sweeps.ray_executor import preflight
         preflight(ray)  # no Ray installed, or no cluster at the address: one line, before anything is written
+    if not replace:
+        check_sweep_name(sweep, results)
     pack = sweep.pack if pack is None else pack
     # Absolute: workers (a Ray task on another node, too) must find the data whatever their folder.
     data_dir = Path(data_dir if data_dir is not None else default_data_dir()).resolve()
