@@ -407,6 +407,7 @@ def collect(
         done = collect_runs(source, dest)
     except QagrelError as err:
         raise fail(str(err)) from None
+    warn(done.warnings)
     said = [f"collected {len(done.added)} finished run(s) into {dest}",
             f"{len(done.kept)} already finished there (kept)", f"{len(done.unfinished)} not finished in {source}"]
     said += [f"{len(done.sweep_files)} sweep file(s) copied"] if done.sweep_files else []

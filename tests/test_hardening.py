@@ -624,3 +624,153 @@ def test_rerunning_the_same_sweep_file_is_not_a_name_conflict(tmp_path):
     given.write_text(TINY_SWEEP)
     assert runner.invoke(app, ["sweep", str(given), "--results", str(tmp_path / "results"), "--dry-run"]
                          ).exit_code == 0
+
+
+# ------------------------------------------ issue 32: one damaged-file path for every reader
+
+def denied(path: Path) -> PermissionError:
+    return PermissionError(13, "Permission denied", str(path))
+
+
+def make_unreadable(monkeypatch, target: Path) -> None:
+    """Act as chmod 000 on `target` does for a user other than root (as root chmod denies nothing): opening
+    it fails, and for a folder, listing it and looking at anything inside fail too."""
+    import builtins
+
+    target = Path(target)
+
+    def inside(path) -> bool:
+        return isinstance(path, (str, os.PathLike)) and target in Path(os.fspath(path)).parents
+
+    def guard(real, check):
+        def call(path, *args, **kwargs):
+            if check(path):
+                raise denied(path)
+            return real(path, *args, **kwargs)
+        return call
+
+    def hit(path) -> bool:
+        return isinstance(path, (str, os.PathLike)) and (Path(os.fspath(path)) == target or inside(path))
+
+    for module in (builtins, io):
+        monkeypatch.setattr(module, "open", guard(builtins.open, hit))
+    monkeypatch.setattr(os, "open", guard(os.open, hit))
+    if target.is_dir():
+        monkeypatch.setattr(os, "scandir", guard(os.scandir, hit))
+        monkeypatch.setattr(os, "listdir", guard(os.listdir, hit))
+        monkeypatch.setattr(os, "stat", guard(os.stat, inside))
+
+
+def set_summary_field(run_dir: Path, field: str, raw: str) -> None:
+    """Put `raw` (JSON text) as the summary's value of `field`."""
+    path = run_dir / run_folder.SUMMARY_FILE
+    text = path.read_text()
+    path.write_text(re.sub(rf'"{field}": [^,\n]+', f'"{field}": {raw}', text, count=1))
+
+
+def first_qagrel_run(results: Path) -> Path:
+    (run_dir,) = [d for d in sorted(results.iterdir()) if "-qagrel-s0-" in d.name]
+    return run_dir
+
+
+SUMMARY_TYPE_DAMAGE = [("stop_epoch", "null"), ("stop_epoch", '"abc"'), ("stop_epoch", "1e400"),
+                       ("stop_epoch", "-5"), ("best_val_acc", '"abc"')]
+DAMAGE_KINDS = [*(f"summary {field}={raw}" for field, raw in SUMMARY_TYPE_DAMAGE), "log without its columns",
+                "unreadable summary", "unreadable folder"]
+
+
+def apply_damage(kind: str, results: Path, monkeypatch) -> Path:
+    """Damage the first Q-AGREL run of `results` the way `kind` says; returns the file or folder a warning
+    must name."""
+    run_dir = first_qagrel_run(results)
+    if kind.startswith("summary "):
+        field, raw = kind.removeprefix("summary ").split("=", 1)
+        set_summary_field(run_dir, field, raw)
+        return run_dir / run_folder.SUMMARY_FILE
+    if kind == "log without its columns":
+        run_folder.write_log(run_dir, pd.DataFrame({"epoch_seconds": [1.0, 1.0]}))
+        return run_dir / run_folder.LOG_FILE
+    target = run_dir / run_folder.SUMMARY_FILE if kind == "unreadable summary" else run_dir
+    make_unreadable(monkeypatch, target)
+    return target
+
+
+@pytest.mark.parametrize("field, raw", SUMMARY_TYPE_DAMAGE)
+def test_the_summary_reader_names_a_summary_holding_a_wrong_type_as_damaged(results, field, raw):
+    run_dir = first_qagrel_run(results)
+    set_summary_field(run_dir, field, raw)
+    with pytest.raises(run_folder.DamagedFile, match=f"{field} is"):
+        run_folder.read_summary(run_dir)
+
+
+def test_the_log_reader_names_a_log_without_the_columns_it_needs_as_damaged(tmp_path):
+    run_folder.write_log(tmp_path, pd.DataFrame({"epoch": [1], "lr": [0.1]}))
+    with pytest.raises(run_folder.DamagedFile, match="lacks the columns train_reward, test_acc"):
+        run_folder.read_log(tmp_path, needs=("epoch", "train_reward", "test_acc"))
+    assert run_folder.read_log(tmp_path, needs=("epoch",))["lr"].tolist() == [0.1]
+
+
+def assert_warned_once_naming(result, what: Path) -> None:
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    lines = warnings(result)
+    assert len(lines) == 1 and str(what) in lines[0], result.output
+
+
+@pytest.mark.parametrize("kind", DAMAGE_KINDS)
+def test_table_names_the_damage_leaves_the_run_out_and_shows_the_rest(results, kind, monkeypatch):
+    bad = apply_damage(kind, results, monkeypatch)
+    result = runner.invoke(app, ["table", str(results), "--format", "csv"])
+    assert_warned_once_naming(result, bad)
+    seeds = {line.split(",")[1]: line.split(",")[-1] for line in result.stdout.splitlines()[1:]}
+    assert seeds == {"qagrel": "2" if bad.name == run_folder.LOG_FILE else "1", "bp": "2"}
+
+
+@pytest.mark.parametrize("kind", DAMAGE_KINDS)
+def test_status_names_the_damage_and_counts_the_run_as_damaged(results, kind, monkeypatch):
+    bad = apply_damage(kind, results, monkeypatch)
+    result = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    if bad.name == run_folder.LOG_FILE:  # status reads logs only for --times and runs in progress
+        assert row(result, "total")[-6:] == ["4", "0", "0", "0", "0", "4"]
+        return
+    assert_warned_once_naming(result, bad)
+    assert row(result, "total")[-6:] == ["3", "0", "0", "1", "0", "4"]
+
+
+@pytest.mark.parametrize("kind", DAMAGE_KINDS)
+def test_plot_names_the_damage_and_draws_the_rest(results, kind, monkeypatch, tmp_path):
+    bad = apply_damage(kind, results, monkeypatch)
+    result = runner.invoke(app, ["plot", str(results), "--out", str(tmp_path / "figs")])
+    assert_warned_once_naming(result, bad)
+    plotted = pd.read_csv(tmp_path / "figs" / "sweep1_figure3.csv")
+    assert plotted.groupby("rule")["n"].max().to_dict() == {"bp": 2, "qagrel": 1}
+
+
+@pytest.mark.parametrize("kind", DAMAGE_KINDS)
+def test_milestones_names_the_damage_and_shows_the_rest(results, kind, monkeypatch):
+    bad = apply_damage(kind, results, monkeypatch)
+    result = runner.invoke(app, ["milestones", str(results), "--format", "csv"])
+    assert_warned_once_naming(result, bad)
+    assert "Q-AGREL" in result.stdout or "qagrel" in result.stdout
+
+
+@pytest.mark.parametrize("kind", DAMAGE_KINDS)
+def test_collect_names_the_damage_and_copies_the_rest(results, kind, monkeypatch, tmp_path):
+    bad = apply_damage(kind, results, monkeypatch)
+    result = runner.invoke(app, ["collect", str(results), str(tmp_path / "dest")])
+    assert_warned_once_naming(result, bad)
+    copied = 4 if bad.name == run_folder.LOG_FILE else 3  # a run whose summary holds its results is copied
+    assert f"collected {copied} finished run(s)" in result.output
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+@pytest.mark.parametrize("kind", [k for k in DAMAGE_KINDS if "log" not in k])  # a sweep reads no log
+def test_a_sweep_names_the_damaged_run_leaves_it_alone_and_goes_on(results, kind, dry_run, monkeypatch, tmp_path):
+    sweep = tmp_path / "sweep1.yaml"
+    sweep.write_text("name: sweep1\ngrid: {rule: [qagrel, bp]}\nseeds: 2\n")
+    bad = apply_damage(kind, results, monkeypatch)
+    result = runner.invoke(app, ["sweep", str(sweep), "--results", str(results.parent), *dry_run],
+                           env={"COLUMNS": "300"})
+    assert_warned_once_naming(result, bad)
+    assert "damaged run" in warnings(result)[0]

@@ -145,7 +145,42 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         raise DamagedFile(path, _reason(err)) from None
     if not isinstance(summary, dict) or not {"run_id", "stop_epoch"} <= summary.keys():
         raise DamagedFile(path, "not a qagrel run summary")
+    problem = _summary_problem(summary)
+    if problem is not None:
+        raise DamagedFile(path, problem)
     return summary
+
+
+def _is_number(value: Any) -> bool:
+    """A number that is not infinite: NaN stands for a diverged run's value in summaries written before
+    they became strict JSON (null since)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isinf(value)
+
+
+def _is_accuracy(value: Any) -> bool:
+    return value is None or (_is_number(value) and (math.isnan(value) or 0 <= value <= 1))
+
+
+# What each field of a summary holds, where it is there (older summaries lack some): a view that read a
+# wrong type (an epoch "abc", an accuracy 1e400) would crash or show nonsense far from the file's name.
+_SUMMARY_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "run_id": ("a run id", lambda v: isinstance(v, str) and bool(v)),
+    "stop_epoch": ("an epoch >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "best_epoch": ("an epoch >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    **{name: ("an accuracy in [0, 1] or null", _is_accuracy)
+       for name in ("best_val_acc", "test_acc_at_best", "test_acc_at_stop")},
+    "final_train_reward": ("a finite number or null", lambda v: v is None or _is_number(v)),
+    "wall_seconds": ("seconds >= 0 or null", lambda v: v is None or (_is_number(v) and not v < 0)),
+    **{name: ("true or false", lambda v: isinstance(v, bool)) for name in ("converged", "diverged")},
+}
+
+
+def _summary_problem(summary: dict[str, Any]) -> str | None:
+    """The first field of `summary` whose value has the wrong type or range, said in words; None if all fit."""
+    for name, (what, fits) in _SUMMARY_FIELDS.items():
+        if name in summary and not fits(summary[name]):
+            return f"{name} is {summary[name]!r}, not {what}"
+    return None
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -157,18 +192,48 @@ def write_log(run_dir: Path, log: pd.DataFrame) -> None:
     atomic_write(run_dir / LOG_FILE, lambda tmp: log.to_parquet(tmp, index=False))
 
 
-def read_log(run_dir: Path) -> pd.DataFrame:
-    """The epoch log (empty DataFrame when no epoch finished yet); DamagedFile if it cannot be read."""
+# The columns every view of finished runs reads of a log (one without them is damaged, whatever else it
+# holds); a view that reads more names them in its `needs`.
+LOG_NEEDS = ("epoch", "test_acc")
+
+
+def read_log(run_dir: Path, needs: Sequence[str] = ("epoch",)) -> pd.DataFrame:
+    """The epoch log (empty DataFrame when no epoch finished yet); DamagedFile if it cannot be read or lacks
+    a column of `needs`."""
     path = run_dir / LOG_FILE
     try:
         # One open handle pins one inode: pyarrow given a path stats it and reopens
         # it, and a writer's rename in between hands it a torn file.
         with open(path, "rb") as fh:
-            return pd.read_parquet(fh)
+            log = pd.read_parquet(fh)
     except FileNotFoundError:
         return pd.DataFrame(columns=list(LOG_COLUMNS))
     except Exception as err:  # pyarrow raises its own ArrowInvalid, OSError and more for a torn file
         raise DamagedFile(path, _reason(err)) from None
+    _check_columns(path, log.columns, needs)
+    return log
+
+
+def check_log(run_dir: Path, needs: Sequence[str] = LOG_NEEDS) -> None:
+    """DamagedFile if the log exists and its footer cannot be read or lacks a column of `needs`: the check
+    `read_log` makes, reading the footer alone (for a view that reads the log's body only to plot)."""
+    import pyarrow.parquet as pq
+
+    path = run_dir / LOG_FILE
+    try:
+        with open(path, "rb") as fh:
+            names = pq.read_schema(fh).names
+    except FileNotFoundError:
+        return
+    except Exception as err:  # pyarrow's ArrowInvalid and OSError, among others, for a torn file
+        raise DamagedFile(path, _reason(err)) from None
+    _check_columns(path, names, needs)
+
+
+def _check_columns(path: Path, columns: Any, needs: Sequence[str]) -> None:
+    missing = [name for name in needs if name not in set(columns)]
+    if missing:
+        raise DamagedFile(path, f"lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
 
 
 def one_row_per_epoch(log: pd.DataFrame) -> pd.DataFrame:
@@ -198,12 +263,40 @@ def is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith((".", "_")) for part in Path(path).relative_to(root).parts)
 
 
+def scan_results(root: Path, names: Sequence[str] = (CONFIG_FILE,)) -> tuple[list[Path], list[DamagedFile]]:
+    """Every file named one of `names` at or below `root`, sorted, and each folder that could not be listed.
+
+    Hidden folders (`is_hidden`) are not entered. A symlinked folder is followed (a results folder assembled
+    from links to runs elsewhere), each real folder once, so a link cycle ends. A folder that cannot be
+    listed (no permission, gone, an I/O error) comes back as a DamagedFile naming it: a view says which
+    folder it left out instead of showing fewer runs without a word.
+    """
+    root = Path(root)
+    found: list[Path] = []
+    unreadable: list[DamagedFile] = []
+    seen: set[str] = set()
+
+    def note(err: OSError) -> None:
+        reason = f"cannot list the folder: {err.strerror or _reason(err)}"
+        unreadable.append(DamagedFile(Path(err.filename or root), reason))
+
+    for folder, subfolders, files in os.walk(root, onerror=note, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a second link to a folder already read, or a cycle
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith((".", "_"))]
+        found += [Path(folder) / name for name in names if name in files]
+    return sorted(found), unreadable
+
+
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every run folder at or below `root`, sorted; none inside a hidden folder (`is_hidden`)."""
+    """Every run folder at or below `root` (`scan_results`), sorted; a folder that cannot be listed is left out."""
     root = Path(root)
     if is_run_dir(root):
         return [root]
-    return sorted(p.parent for p in root.rglob(CONFIG_FILE) if not is_hidden(p.parent, root))
+    return [p.parent for p in scan_results(root)[0]]
 
 
 # ---- the run's lock: one process trains a run at a time (a sweep worker, a Ray driver or `qagrel train`)

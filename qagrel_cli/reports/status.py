@@ -23,7 +23,7 @@ from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields, setting_cell
 from qagrel_cli.reports.table_formats import markdown_table
-from qagrel_cli.sweeps.ledger import RunStatus, run_status
+from qagrel_cli.sweeps.ledger import RunStatus, damaged_file, run_status
 from qagrel_cli.sweeps.results import read_results
 from qagrel_cli.sweeps.sweep_file import Sweep
 
@@ -55,6 +55,10 @@ def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
         table.add_row(str(i), config.run_id, *[setting_cell(f, setting[f], config.rule.value) for f in varying],
                       format_setting(setting["lr"]), state.value)
     console.print(fit(table, console))
+    for config, state in zip(sweep.configs, states):  # as the sweep would say it: one line each, naming the file
+        if state == RunStatus.damaged:
+            said = f"would leave damaged run {config.run_id} alone: {damaged_file(sweep.run_dir(results, config))}"
+            console.print(f"[yellow]warning:[/] {escape(said)}", highlight=False, soft_wrap=True)
 
 
 class StatusFormat(str, Enum):
@@ -148,7 +152,8 @@ def _epoch_seconds(run_dir: Path) -> list[float]:
     """The wall time of each logged epoch of a run; none where it has no log or the log cannot be read (the
     summary's total still counts)."""
     try:
-        return one_row_per_epoch(read_log(run_dir))["epoch_seconds"].astype(float).tolist()
+        return one_row_per_epoch(read_log(run_dir, needs=("epoch", "epoch_seconds")))["epoch_seconds"] \
+            .astype(float).tolist()
     except DamagedFile:
         return []
 
@@ -219,7 +224,7 @@ class InProgress:
 def in_progress_from_log(run_dir: Path, config: TrainConfig) -> InProgress | None:
     """The unfinished run's state after its last logged epoch; None before its first. Raises DamagedFile
     for a log that cannot be read."""
-    log = one_row_per_epoch(read_log(run_dir))
+    log = one_row_per_epoch(read_log(run_dir, needs=("epoch", "val_acc", "epoch_seconds")))
     if log.empty:
         return None
     state = replay(log, config).progress

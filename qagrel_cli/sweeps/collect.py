@@ -50,6 +50,7 @@ class Collected:
     running: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)  # not finished in the source (started or not)
     sweep_files: list[str] = field(default_factory=list)  # sweep files copied
+    warnings: list[str] = field(default_factory=list)  # one line per damaged file or unreadable folder
 
     def note(self, name: str, placement: Placement) -> None:
         """File run `name` under what placing it did."""
@@ -80,7 +81,7 @@ def collect(source: Path, dest: Path) -> Collected:
         raise QagrelError(f"{dest} and {source} overlap: collect copies from one results folder into another")
     if dest.exists() and not dest.is_dir():
         raise QagrelError(f"{dest} is a file, not a results folder")
-    sweep_files = sorted(p for p in source.rglob(SWEEP_FILE) if not run_folder.is_hidden(p.parent, source))
+    sweep_files = run_folder.scan_results(source, (SWEEP_FILE,))[0]
     for sweep_file in sweep_files:  # all checked before anything is copied
         try:
             text = sweep_file.read_text()
@@ -95,6 +96,7 @@ def collect(source: Path, dest: Path) -> Collected:
             run_folder.atomic_write(there, lambda tmp, src=sweep_file: shutil.copyfile(src, tmp))
             done.sweep_files.append(str(sweep_file.relative_to(source)))
     results = read_results(source)  # the run folders, and the runs of its sweeps not started yet
+    done.warnings = results.warnings("its run is still copied")
     done.unfinished = sorted(str(run_dir.relative_to(source)) for run_dir in results.damaged_runs())
     for record in results.runs:
         run_dir, name = record.path, str(record.path.relative_to(source))
