@@ -774,3 +774,11 @@ def test_a_sweep_names_the_damaged_run_leaves_it_alone_and_goes_on(results, kind
                            env={"COLUMNS": "300"})
     assert_warned_once_naming(result, bad)
     assert "damaged run" in warnings(result)[0]
+
+
+# ------------------------------------------ issue 32: bad sizes
+
+def test_a_val_size_of_0_is_refused_in_one_line_saying_early_stopping_needs_validation_images(tmp_path):
+    result = runner.invoke(app, ["train", "--val-size", "0", "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "val_size must be an integer >= 1", "early stopping needs validation images")
+    assert not (tmp_path / "run").exists()
