@@ -782,3 +782,39 @@ def test_a_val_size_of_0_is_refused_in_one_line_saying_early_stopping_needs_vali
     result = runner.invoke(app, ["train", "--val-size", "0", "--out", str(tmp_path / "run")])
     assert_one_line_error(result, "val_size must be an integer >= 1", "early stopping needs validation images")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------ issue 32: data errors say what is missing, here
+
+@pytest.mark.parametrize("download", ["--download", "--no-download"])
+def test_a_data_dir_that_is_a_file_is_named_in_one_line_without_blaming_the_internet(tmp_path, download):
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("not a folder")
+    result = runner.invoke(app, [*TINY_TRAIN, "--data-dir", str(not_a_folder), download,
+                                 "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, str(not_a_folder), "is a file, not a folder")
+    assert "internet" not in result.output and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("download", ["--download", "--no-download"])
+def test_a_cifar_folder_missing_one_batch_file_names_that_file_without_blaming_the_internet(tmp_path, download):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"):
+        (folder / name).write_bytes(b"")
+    result = runner.invoke(app, [*TINY_TRAIN, "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                                 download, "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, str(folder), "lacks data_batch_3,")
+    assert "internet" not in result.output and not (tmp_path / "run").exists()
+    assert sorted(p.name for p in folder.iterdir())[:2] == ["batches.meta", "data_batch_1"]  # nothing fetched
+
+
+def test_a_sweep_names_every_dataset_it_lacks_in_one_message_before_its_first_run(tmp_path):
+    sweep = tmp_path / "two.yaml"
+    sweep.write_text("grid: {dataset: [mnist, cifar10], arch: fc, fc: '16', train_size: 100, max_epochs: 1}\n")
+    result = runner.invoke(app, ["sweep", str(sweep), "--results", str(tmp_path / "results"),
+                                 "--data-dir", str(tmp_path / "empty"), "--no-download"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (error,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "mnist data not found" in error and "cifar10 data not found" in error
+    assert not (tmp_path / "results").exists()

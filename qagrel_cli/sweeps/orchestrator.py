@@ -83,8 +83,14 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if not todo:
         return outcome
+    missing = []
     for dataset in sorted({c.dataset for c in todo}, key=lambda d: d.value):
-        load_dataset(dataset, data_dir, download)  # a missing dataset is one error now, not one per run
+        try:
+            load_dataset(dataset, data_dir, download)  # a missing dataset is one error now, not one per run
+        except QagrelError as err:
+            missing.append(str(err))
+    if missing:  # every dataset the sweep lacks, in one message: one fix before the next try, not one each
+        raise QagrelError(" | ".join(missing) if len(missing) > 1 else missing[0])
     root = Path(results) / sweep.name
     sweep_file = root / SWEEP_FILE
     if not sweep_file.exists() or sweep_file.read_text() != sweep.text:
