@@ -818,3 +818,34 @@ def test_a_sweep_names_every_dataset_it_lacks_in_one_message_before_its_first_ru
     (error,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert "mnist data not found" in error and "cifar10 data not found" in error
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------ issue 32: a pack's size, a refused run's lock
+
+@contextlib.contextmanager
+def open_file_limit(soft: int) -> Iterator[None]:
+    """This process's open-file limit lowered to `soft` (ulimit -n) for the block, whatever the machine's is."""
+    import resource
+
+    old_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard) if hard != resource.RLIM_INFINITY else soft, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
+
+
+def test_a_pack_of_more_runs_than_the_process_can_lock_is_refused_before_anything_is_written(tmp_path, mnist_dir):
+    with open_file_limit(1024):
+        result = runner.invoke(app, [*TINY_TRAIN, "--seeds", "0-99999", "--data-dir", str(mnist_dir),
+                                     "--out", str(tmp_path / "pack")])
+    assert_one_line_error(result, "100000 runs to train together", "ulimit -n", "train fewer seeds at a time")
+    assert not (tmp_path / "pack").exists()
+
+
+def test_a_run_refused_after_taking_its_lock_leaves_no_lock_behind(tmp_path, mnist_dir):
+    result = runner.invoke(app, [*TINY_TRAIN, "--train-size", "100000", "--data-dir", str(mnist_dir),
+                                 "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "train_size 100000")
+    assert not (tmp_path / "run" / run_folder.LOCK_FILE).exists()
+

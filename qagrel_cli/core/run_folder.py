@@ -24,12 +24,13 @@ so that every view of a results folder can report it and go on.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
+import resource
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -308,13 +309,19 @@ def try_lock(run_dir: Path) -> int | None:
     a stale lock never blocks anyone. Two opens in one process exclude each other too.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    while True:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:  # the file we locked must still be the one at the path: its holder may have unlinked it
+            if os.fstat(fd).st_ino == os.stat(run_dir / LOCK_FILE).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # a stale file: take the lock on the one there now
 
 
 def is_locked(run_dir: Path) -> bool:
@@ -333,16 +340,41 @@ def is_locked(run_dir: Path) -> bool:
 
 
 def release_lock(run_dir: Path, fd: int) -> None:
-    """Give a run's lock back. A finished run's lock file goes too: done is final, and a process that
-    opened the file before the unlink gets the lock after us, sees the summary and leaves."""
-    if is_finished(run_dir):
+    """Give a run's lock back. The lock file goes too when the run is finished (done is final) or when the
+    folder holds nothing else (a run refused before it started leaves no lock behind). A process that
+    opened the file before the unlink finds it no longer at the path (`try_lock`)."""
+    try:
+        nothing_else = [p.name for p in run_dir.iterdir()] == [LOCK_FILE]
+    except OSError:
+        nothing_else = False
+    if is_finished(run_dir) or nothing_else:
         (run_dir / LOCK_FILE).unlink(missing_ok=True)
     os.close(fd)
 
 
-@contextmanager
+# File descriptors kept free beside the runs' locks: data files, torch's libraries, pipes, the log.
+FD_MARGIN = 64
+
+
+def max_locks() -> int:
+    """How many run locks this process can hold at once: its open-file limit less FD_MARGIN."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (1 << 30) if soft == resource.RLIM_INFINITY else max(0, soft - FD_MARGIN)
+
+
+def check_lock_count(count: int) -> None:
+    """One-line QagrelError, before anything is written, when `count` runs' locks would not fit in this
+    process (one open file each): better than dying half-way with "Too many open files"."""
+    if count > max_locks():
+        raise QagrelError(f"{count} runs to train together, but this process can hold only {max_locks()} run "
+                          f"locks (open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, "
+                          f"ulimit -n): train fewer seeds at a time")
+
+
+@contextlib.contextmanager
 def holding_locks(run_dirs: Sequence[Path]) -> Iterator[None]:
     """Hold every run's lock for the block; QagrelError, holding none, if another process trains one of them."""
+    check_lock_count(len(run_dirs))
     held: list[tuple[Path, int]] = []
     try:
         for run_dir in run_dirs:

@@ -89,6 +89,7 @@ def train_runs(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, data
         else:
             todo.append(index)
     if todo:
+        run_folder.check_lock_count(len(todo))  # before the data is fetched and any folder is made
         device = resolve_device(first.device)
         raw = load_dataset(first.dataset, data_dir, download)  # before the locks: a missing dataset leaves no folder
         with run_folder.holding_locks([Path(run_dirs[i]) for i in todo]) if lock else contextlib.nullcontext():
