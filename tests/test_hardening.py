@@ -849,3 +849,38 @@ def test_a_run_refused_after_taking_its_lock_leaves_no_lock_behind(tmp_path, mni
     assert_one_line_error(result, "train_size 100000")
     assert not (tmp_path / "run" / run_folder.LOCK_FILE).exists()
 
+
+
+# ------------------------------------------ issue 32: symlinked run folders
+
+def linked_results(results: Path, tmp_path: Path) -> Path:
+    """A folder `linked/sweep1/` whose run folders are symlinks to the runs of `results`."""
+    linked = tmp_path / "linked" / "sweep1"
+    linked.mkdir(parents=True)
+    for run_dir in results.iterdir():
+        (linked / run_dir.name).symlink_to(run_dir.resolve(), target_is_directory=True)
+    return linked
+
+
+def test_table_reads_run_folders_that_are_symlinks(results, tmp_path):
+    result = runner.invoke(app, ["table", str(linked_results(results, tmp_path))], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert row(result, "Q-AGREL")[-1] == "2/2" and row(result, "Error-BP")[-1] == "2/2"
+
+
+def test_plot_draws_run_folders_that_are_symlinks(results, tmp_path):
+    result = runner.invoke(app, ["plot", str(linked_results(results, tmp_path)), "--out", str(tmp_path / "figs")])
+    assert result.exit_code == 0, result.output
+    plotted = pd.read_csv(tmp_path / "figs" / "sweep1_figure3.csv")
+    assert plotted.groupby("rule")["n"].max().to_dict() == {"bp": 2, "qagrel": 2}
+
+
+def test_a_symlink_to_a_run_folder_that_is_gone_is_named_and_the_rest_shown(results, tmp_path):
+    linked = linked_results(results, tmp_path)
+    gone = tmp_path / "gone"
+    (linked / "a-run-moved-away").symlink_to(gone, target_is_directory=True)
+    result = runner.invoke(app, ["table", str(linked)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    (line,) = warnings(result)
+    assert str(linked / "a-run-moved-away") in line and "does not exist" in line
+    assert row(result, "Q-AGREL")[-1] == "2/2"

@@ -289,6 +289,10 @@ def scan_results(root: Path, names: Sequence[str] = (CONFIG_FILE,)) -> tuple[lis
         seen.add(real)
         subfolders[:] = [d for d in subfolders if not d.startswith((".", "_"))]
         found += [Path(folder) / name for name in names if name in files]
+        for name in files:  # a link whose target is gone is listed as a file: say so, it may have been a run
+            path = Path(folder) / name
+            if not name.startswith((".", "_")) and path.is_symlink() and not path.exists():
+                unreadable.append(DamagedFile(path, f"a link to {os.readlink(path)}, which does not exist"))
     return sorted(found), unreadable
 
 
