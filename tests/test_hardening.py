@@ -884,3 +884,17 @@ def test_a_symlink_to_a_run_folder_that_is_gone_is_named_and_the_rest_shown(resu
     (line,) = warnings(result)
     assert str(linked / "a-run-moved-away") in line and "does not exist" in line
     assert row(result, "Q-AGREL")[-1] == "2/2"
+
+
+# ------------------------------------------ issue 32: what a result's repeatability depends on
+
+def test_a_runs_summary_records_the_cpu_model_its_instruction_set_the_gpu_and_torchs_threads(tmp_path, mnist_dir):
+    from qagrel_cli.core.device import ISA_LEVELS
+
+    engine.train(tiny_config(max_epochs=1), tmp_path / "run", data_dir=mnist_dir, quiet=True)
+    machine = run_folder.read_summary(tmp_path / "run")["machine"]
+    assert machine["cpu_model"] and machine["torch_threads"] == torch.get_num_threads()
+    assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["gpu"] is None  # trained on the CPU
+    if Path("/proc/cpuinfo").exists() and "flags" in Path("/proc/cpuinfo").read_text():
+        assert machine["cpu_isa"] in (*ISA_LEVELS, "below sse4_2")

@@ -34,7 +34,7 @@ from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import RawData, load_dataset, make_splits
 from qagrel_cli.core.packs import LoopPack, Member, PackStrategy, VmapPack
 from qagrel_cli.core.stopping import CONVERGED_RULE, RunProgress, should_stop, stopping_summary
-from qagrel_cli.core.device import describe_device, resolve_device
+from qagrel_cli.core.device import describe_device, machine_record, resolve_device
 from qagrel_cli.core.trainer import Trainer, record_epoch
 
 RUNS_ROOT = Path("results") / "runs"  # where a run's folder goes by default: RUNS_ROOT / <run id>
@@ -297,6 +297,7 @@ def _summary(config: TrainConfig, trainer: Trainer, progress: RunProgress, diver
         "hidden_units": trainer.hidden_units,
         "num_classes": num_classes,
         "device": describe_device(device),
+        "machine": machine_record(device),
         "torch_version": torch.__version__,
         "qagrel_version": qagrel_cli.__version__,
         "git_commit": _git_commit(),
