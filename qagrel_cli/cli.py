@@ -303,7 +303,8 @@ def sweep(
                                                    "another sweep shares the machine.",
                                                    rich_help_panel=SWEEP_PANEL, show_default=False)] = None,
     results: ResultsOption = Path("results"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the expanded runs and their state; write nothing.",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the runs and their state, one line per Table 1 "
+                                          "row (--all: per run); write nothing.",
                                           rich_help_panel=SWEEP_PANEL)] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="With --dry-run: time each network here and print "
                                            "the expected compute time of the runs still to train, per "
@@ -325,6 +326,10 @@ def sweep(
                                                 rich_help_panel=RAY_PANEL)] = 0.0,
     retries: Annotated[int, typer.Option(min=0, help="Times a job whose Ray worker died is sent again, from the "
                                          "checkpoints it shipped back.", rich_help_panel=RAY_PANEL)] = 2,
+    every_run: Annotated[bool, typer.Option("--all", help="With --dry-run: list every run, not one line per "
+                                            "Table 1 row.", rich_help_panel=SWEEP_PANEL)] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Train a sweep of more than 5000 runs (refused without it: "
+                                      "check it with --dry-run first).", rich_help_panel=SWEEP_PANEL)] = False,
     replace_sweep: Annotated[bool, typer.Option("--replace", help="Let this file take over a sweep name that "
                                                 "another sweep file used in --results (its runs stay).",
                                                 rich_help_panel=SWEEP_PANEL)] = False,
@@ -343,7 +348,7 @@ def sweep(
         if estimate and not dry_run:
             raise QagrelError("--estimate goes with --dry-run: qagrel sweep FILE --dry-run --estimate")
         if dry_run:
-            print_plan(plan, results, report_console())
+            print_plan(plan, results, report_console(), every_run=every_run)
             if estimate:
                 from qagrel_cli.reports.estimate import estimate_sweep, print_estimate, runs_left
                 left = runs_left(plan, results)
@@ -357,7 +362,7 @@ def sweep(
             ray = RayOptions(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, retries=retries)
         outcome = run_sweep(plan, results, workers=workers, data_dir=data_dir, download=download,
                             retry_failed=retry_failed, console=console, pack=pack, ray=ray, threads=threads,
-                            replace=replace_sweep)
+                            replace=replace_sweep, confirmed=yes)
     except QagrelError as err:
         raise fail(str(err)) from None
     console.print(outcome.describe(), highlight=False, soft_wrap=True)

@@ -430,10 +430,10 @@ def test_table_on_an_80_column_terminal_keeps_every_name_whole(results):
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
-def test_the_sweep_plan_on_an_80_column_terminal_keeps_every_run_id_whole(tmp_path):
+def test_the_sweep_plan_of_every_run_on_an_80_column_terminal_keeps_every_run_id_whole(tmp_path):
     plan = load_sweep(REPO / "sweeps" / "protocol.yaml")
     console = terminal()
-    print_plan(plan, tmp_path, console)
+    print_plan(plan, tmp_path, console, every_run=True)
     text = console.file.getvalue()
     assert all(config.run_id in text for config in plan.configs)
 
@@ -898,3 +898,61 @@ def test_a_runs_summary_records_the_cpu_model_its_instruction_set_the_gpu_and_to
     assert machine["gpu"] is None  # trained on the CPU
     if Path("/proc/cpuinfo").exists() and "flags" in Path("/proc/cpuinfo").read_text():
         assert machine["cpu_isa"] in (*ISA_LEVELS, "below sse4_2")
+
+
+# ------------------------------------------ issue 32: big sweeps, many workers
+
+def test_a_dry_run_shows_one_line_per_table_1_row_and_every_run_only_with_all(tmp_path):
+    table1 = REPO / "sweeps" / "table1.yaml"
+    grouped = runner.invoke(app, ["sweep", str(table1), "--dry-run", "--results", str(tmp_path)],
+                            env={"COLUMNS": "200"})
+    assert grouped.exit_code == 0, grouped.output
+    rows = [line for line in grouped.stdout.splitlines() if "│" in line and ("Q-AGREL" in line or "Error-BP" in line)]
+    assert len(rows) == 26 and "-s9-" not in grouped.stdout  # Table 1's 26 rows of 10 seeds, no run ids
+    assert all(line.split("│")[-2].strip() == "10" for line in rows)
+    every = runner.invoke(app, ["sweep", str(table1), "--dry-run", "--all", "--results", str(tmp_path)],
+                          env={"COLUMNS": "200"})
+    assert sum("-s9-" in line for line in every.stdout.splitlines()) == 26
+
+
+def test_a_sweep_of_more_than_5000_runs_is_refused_without_yes(tmp_path):
+    sweep = tmp_path / "huge.yaml"
+    sweep.write_text("grid: {arch: fc, fc: '16', train_size: 100, max_epochs: 1}\nseeds: 5001\n")
+    result = runner.invoke(app, ["sweep", str(sweep), "--results", str(tmp_path / "results")])
+    assert_one_line_error(result, "5001 runs (more than 5000)", "--dry-run", "--yes")
+    assert not (tmp_path / "results").exists()
+
+
+def test_workers_above_the_cores_are_capped_with_a_one_line_note(monkeypatch):
+    from qagrel_cli.sweeps import capacity
+
+    monkeypatch.delenv("QAGREL_WORKERS_UNCAPPED")
+    monkeypatch.setattr(capacity, "cores", lambda: 2)
+    monkeypatch.setattr(capacity, "available_memory", lambda: 1 << 40)
+    workers, note = capacity.cap_workers(8, [tiny_config()])
+    assert workers == 2 and note == "--workers 8 capped at 2: this machine has 2 core(s)"
+    assert capacity.cap_workers(2, [tiny_config()]) == (2, None)
+
+
+def test_workers_above_what_memory_holds_for_the_largest_network_are_capped(monkeypatch):
+    from qagrel_cli.sweeps import capacity
+
+    monkeypatch.delenv("QAGREL_WORKERS_UNCAPPED")
+    monkeypatch.setattr(capacity, "cores", lambda: 64)
+    big = TrainConfig(dataset="cifar10", arch="loccon")
+    monkeypatch.setattr(capacity, "available_memory", lambda: 3 * capacity.worker_bytes(big) + 1)
+    workers, note = capacity.cap_workers(16, [tiny_config(), big])
+    assert workers == 3 and "largest network" in note and big.run_id in note
+
+
+def test_the_sweep_prints_the_workers_cap_note_before_training(tmp_path, mnist_dir, monkeypatch):
+    from qagrel_cli.sweeps import capacity
+
+    monkeypatch.delenv("QAGREL_WORKERS_UNCAPPED")
+    monkeypatch.setattr(capacity, "cores", lambda: 1)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(TINY_SWEEP)
+    result = runner.invoke(app, ["sweep", str(sweep), "--workers", "4", "--results", str(tmp_path / "results"),
+                                 "--data-dir", str(mnist_dir)])
+    assert result.exit_code == 0, result.output
+    assert "note: --workers 4 capped at 1: this machine has 1 core(s)" in result.output

@@ -18,9 +18,13 @@ from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import default_data_dir, load_dataset
 from qagrel_cli.core.interrupts import sigterm_interrupts
 from qagrel_cli.core.run_folder import atomic_write_text
+from qagrel_cli.sweeps.capacity import cap_workers
 from qagrel_cli.sweeps.jobs import make_jobs
 from qagrel_cli.sweeps.ledger import RunStatus, SweepOutcome, damaged_file, run_status
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, Sweep, check_sweep_name
+
+# A sweep this large is more likely a grid written wrong than meant: it asks for --yes first.
+BIG_SWEEP = 5000
 
 if TYPE_CHECKING:
     from qagrel_cli.sweeps.ray_executor import RayOptions
@@ -29,14 +33,16 @@ if TYPE_CHECKING:
 def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path | None = None,
               download: bool = False, retry_failed: bool = False, console: Console | None = None,
               pack: int | None = None, ray: "RayOptions | None" = None, threads: int | None = None,
-              replace: bool = False) -> SweepOutcome:
+              replace: bool = False, confirmed: bool = False) -> SweepOutcome:
     """Train every unfinished run of `sweep`; resume partial runs, skip locked ones.
 
     Runs go to `workers` local processes, or with `ray` to Ray tasks (see
     ray_executor.py). `threads`: CPU threads per local worker (default: the
     cores divided among them). `pack` (default: the sweep file's `pack:`) trains up to
     that many runs that differ only in seed as one seed pack per worker. A sweep whose name another sweep
-    file holds in `results` is refused unless `replace` (then this file becomes that name's sweep).
+    file holds in `results` is refused unless `replace` (then this file becomes that name's sweep), and one
+    of more than BIG_SWEEP runs unless `confirmed`. Local workers beyond the cores or the memory are capped
+    (sweeps/capacity.py), with a note.
     Ctrl-C and SIGTERM stop the workers at once (every finished epoch is
     already saved) and return with `interrupted` set.
     """
@@ -52,6 +58,9 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
         preflight(ray)  # no Ray installed, or no cluster at the address: one line, before anything is written
     if not replace:
         check_sweep_name(sweep, results)
+    if len(sweep.configs) > BIG_SWEEP and not confirmed:
+        raise QagrelError(f"{sweep.path} expands to {len(sweep.configs)} runs (more than {BIG_SWEEP}): look at them "
+                          f"with --dry-run, then give --yes to train them all")
     pack = sweep.pack if pack is None else pack
     # Absolute: workers (a Ray task on another node, too) must find the data whatever their folder.
     data_dir = Path(data_dir if data_dir is not None else default_data_dir()).resolve()
@@ -72,6 +81,10 @@ def run_sweep(sweep: Sweep, results: Path, *, workers: int = 1, data_dir: Path |
         else:
             todo.append(config)
     jobs = make_jobs(todo, pack)
+    if ray is None and todo:
+        workers, note = cap_workers(workers, todo)
+        if note:
+            console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     how = "Ray tasks" if ray is not None else f"{workers} worker(s)"
     packs = f" in {len(jobs)} pack(s) of up to {pack}" if pack > 1 else ""
     console.print(f"sweep [bold]{sweep.name}[/]: {len(sweep.configs)} runs in {Path(results) / sweep.name}: "
