@@ -956,3 +956,13 @@ def test_the_sweep_prints_the_workers_cap_note_before_training(tmp_path, mnist_d
                                  "--data-dir", str(mnist_dir)])
     assert result.exit_code == 0, result.output
     assert "note: --workers 4 capped at 1: this machine has 1 core(s)" in result.output
+
+
+def test_plot_names_a_log_without_the_plotted_column_and_draws_the_rest(results, tmp_path):
+    run_dir = first_qagrel_run(results)
+    run_folder.write_log(run_dir, run_folder.read_log(run_dir).drop(columns=["train_reward"]))
+    result = runner.invoke(app, ["plot", str(results), "--out", str(tmp_path / "figs")])
+    assert_warned_once_naming(result, run_dir / run_folder.LOG_FILE)
+    assert "lacks the column train_reward" in warnings(result)[0]
+    plotted = pd.read_csv(tmp_path / "figs" / "sweep1_figure3.csv")
+    assert plotted.groupby("rule")["n"].max().to_dict() == {"bp": 2, "qagrel": 1}
