@@ -512,8 +512,8 @@ def milestones(
     try:
         epochs = parse_epochs(at_epochs) if at_epochs is not None else []
         results = read_results(directory)
-        warn(results.warnings())
         rows = milestone_rows(results, epochs)
+        warn(results.warnings())
         if not rows:
             raise QagrelError(f"{directory}: no finished runs with a readable log yet")
     except QagrelError as err:

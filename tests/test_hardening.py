@@ -966,3 +966,11 @@ def test_plot_names_a_log_without_the_plotted_column_and_draws_the_rest(results,
     assert "lacks the column train_reward" in warnings(result)[0]
     plotted = pd.read_csv(tmp_path / "figs" / "sweep1_figure3.csv")
     assert plotted.groupby("rule")["n"].max().to_dict() == {"bp": 2, "qagrel": 1}
+
+
+def test_milestones_names_a_log_without_its_validation_accuracy_and_shows_the_rest(results):
+    run_dir = first_qagrel_run(results)
+    run_folder.write_log(run_dir, run_folder.read_log(run_dir).drop(columns=["val_acc"]))
+    result = runner.invoke(app, ["milestones", str(results), "--format", "csv"])
+    assert_warned_once_naming(result, run_dir / run_folder.LOG_FILE)
+    assert "lacks the column val_acc" in warnings(result)[0]
