@@ -974,3 +974,10 @@ def test_milestones_names_a_log_without_its_validation_accuracy_and_shows_the_re
     result = runner.invoke(app, ["milestones", str(results), "--format", "csv"])
     assert_warned_once_naming(result, run_dir / run_folder.LOG_FILE)
     assert "lacks the column val_acc" in warnings(result)[0]
+
+
+def test_table_replaying_early_stopping_on_a_log_without_its_validation_accuracy_is_one_line(results):
+    run_dir = first_qagrel_run(results)
+    run_folder.write_log(run_dir, run_folder.read_log(run_dir).drop(columns=["val_acc"]))
+    result = runner.invoke(app, ["table", str(results), "--patience", "1"])
+    assert_one_line_error(result, str(run_dir / run_folder.LOG_FILE), "lacks the column val_acc")
