@@ -981,3 +981,11 @@ def test_table_replaying_early_stopping_on_a_log_without_its_validation_accuracy
     run_folder.write_log(run_dir, run_folder.read_log(run_dir).drop(columns=["val_acc"]))
     result = runner.invoke(app, ["table", str(results), "--patience", "1"])
     assert_one_line_error(result, str(run_dir / run_folder.LOG_FILE), "lacks the column val_acc")
+
+
+def test_an_unreadable_run_folder_of_a_sweep_counts_once_as_damaged_not_also_pending(results, monkeypatch):
+    (results / "_sweep.yaml").write_text("name: sweep1\ngrid: {rule: [qagrel, bp]}\nseeds: 2\n")
+    bad = apply_damage("unreadable folder", results, monkeypatch)
+    result = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "200"})
+    assert_warned_once_naming(result, bad)
+    assert row(result, "total")[-6:] == ["3", "0", "0", "1", "0", "4"]

@@ -258,16 +258,14 @@ def is_run_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file()
 
 
-def is_hidden(path: Path, root: Path) -> bool:
-    """Whether `path` lies in a folder below `root` named with a leading '.' or '_' (figures, staging areas,
-    scratch copies): none of it is a result."""
-    return any(part.startswith((".", "_")) for part in Path(path).relative_to(root).parts)
+HIDDEN_PREFIXES = (".", "_")  # a folder named so holds no results (`scan_results`)
 
 
 def scan_results(root: Path, names: Sequence[str] = (CONFIG_FILE,)) -> tuple[list[Path], list[DamagedFile]]:
     """Every file named one of `names` at or below `root`, sorted, and each folder that could not be listed.
 
-    Hidden folders (`is_hidden`) are not entered. A symlinked folder is followed (a results folder assembled
+    Folders named with a leading '.' or '_' (figures, staging areas, scratch copies) are not entered: none
+    of it is a result. A symlinked folder is followed (a results folder assembled
     from links to runs elsewhere), each real folder once, so a link cycle ends. A folder that cannot be
     listed (no permission, gone, an I/O error) comes back as a DamagedFile naming it: a view says which
     folder it left out instead of showing fewer runs without a word.
@@ -287,11 +285,11 @@ def scan_results(root: Path, names: Sequence[str] = (CONFIG_FILE,)) -> tuple[lis
             subfolders.clear()
             continue
         seen.add(real)
-        subfolders[:] = [d for d in subfolders if not d.startswith((".", "_"))]
+        subfolders[:] = [d for d in subfolders if not d.startswith(HIDDEN_PREFIXES)]
         found += [Path(folder) / name for name in names if name in files]
         for name in files:  # a link whose target is gone is listed as a file: say so, it may have been a run
             path = Path(folder) / name
-            if not name.startswith((".", "_")) and path.is_symlink() and not path.exists():
+            if not name.startswith(HIDDEN_PREFIXES) and path.is_symlink() and not path.exists():
                 unreadable.append(DamagedFile(path, f"a link to {os.readlink(path)}, which does not exist"))
     return sorted(found), unreadable
 

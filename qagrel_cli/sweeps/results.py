@@ -103,6 +103,7 @@ def read_results(root: Path) -> Results:
     else:
         files, unreadable = run_folder.scan_results(root, (run_folder.CONFIG_FILE, SWEEP_FILE))
     results.damaged += [Damage(err.path, err.reason, folder=True) for err in unreadable]
+    damaged_runs.update(err.path for err in unreadable)  # not also a pending run of its sweep
     for run_dir in [f.parent for f in files if f.name == run_folder.CONFIG_FILE]:
         try:
             record = RunRecord(run_dir, run_folder.read_config(run_dir), run_folder.read_summary(run_dir))
