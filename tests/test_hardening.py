@@ -989,3 +989,15 @@ def test_an_unreadable_run_folder_of_a_sweep_counts_once_as_damaged_not_also_pen
     result = runner.invoke(app, ["status", str(results)], env={"COLUMNS": "200"})
     assert_warned_once_naming(result, bad)
     assert row(result, "total")[-6:] == ["3", "0", "0", "1", "0", "4"]
+
+
+def test_sigterm_interrupts_is_the_one_handler_train_and_sweep_share():
+    from qagrel_cli.core import interrupts
+    from qagrel_cli.sweeps import orchestrator
+
+    assert orchestrator.sigterm_interrupts is interrupts.sigterm_interrupts
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), interrupts.sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) == before
