@@ -254,6 +254,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN_PANEL)] = False,
 ) -> None:
     """Train one network of Table 1 and record every epoch (resumable; re-run to continue)."""
+    from qagrel_cli.core.interrupts import sigterm_interrupts
     from qagrel_cli.core.run_folder import epochs_saved
     from qagrel_cli.core.training import run_folders, train_runs
     from qagrel_cli.reports.summary import print_summary
@@ -272,8 +273,9 @@ def train(
             "max_epochs": max_epochs, "train_size": train_size, "val_size": val_size, "device": device, **options}))
         configs = [config] if seeds is None else [replace(config, seed=s) for s in parse_seeds(seeds)]
         run_dirs = run_folders(configs, out, packed=seeds is not None)
-        summaries = train_runs(configs, run_dirs, data_dir=data_dir, download=download, quiet=quiet,
-                               console=console)
+        with sigterm_interrupts():  # a scheduler's stop ends the run as Ctrl-C does
+            summaries = train_runs(configs, run_dirs, data_dir=data_dir, download=download, quiet=quiet,
+                                   console=console)
     except QagrelError as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:
@@ -317,7 +319,8 @@ def sweep(
                                                    "another sweep shares the machine.",
                                                    rich_help_panel=SWEEP_PANEL, show_default=False)] = None,
     results: ResultsOption = Path("results"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the expanded runs and their state; write nothing.",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the runs and their state, one line per Table 1 "
+                                          "row (--all: per run); write nothing.",
                                           rich_help_panel=SWEEP_PANEL)] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="With --dry-run: time each network here and print "
                                            "the expected compute time of the runs still to train, per "
@@ -339,20 +342,29 @@ def sweep(
                                                 rich_help_panel=RAY_PANEL)] = 0.0,
     retries: Annotated[int, typer.Option(min=0, help="Times a job whose Ray worker died is sent again, from the "
                                          "checkpoints it shipped back.", rich_help_panel=RAY_PANEL)] = 2,
+    every_run: Annotated[bool, typer.Option("--all", help="With --dry-run: list every run, not one line per "
+                                            "Table 1 row.", rich_help_panel=SWEEP_PANEL)] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Train a sweep of more than 5000 runs (refused without it: "
+                                      "check it with --dry-run first).", rich_help_panel=SWEEP_PANEL)] = False,
+    replace_sweep: Annotated[bool, typer.Option("--replace", help="Let this file take over a sweep name that "
+                                                "another sweep file used in --results (its runs stay).",
+                                                rich_help_panel=SWEEP_PANEL)] = False,
     data_dir: DataDirOption = None,
     download: DownloadOption = True,
 ) -> None:
     """Train every run of a sweep file; run it again to resume (Ctrl-C, kill -9 or a reboot lose no finished epoch)."""
     from qagrel_cli.reports.status import print_plan
     from qagrel_cli.sweeps.orchestrator import run_sweep
-    from qagrel_cli.sweeps.sweep_file import load_sweep
+    from qagrel_cli.sweeps.sweep_file import check_sweep_name, load_sweep
 
     try:
         plan = load_sweep(file)
+        if not replace_sweep:
+            check_sweep_name(plan, results)
         if estimate and not dry_run:
             raise QagrelError("--estimate goes with --dry-run: qagrel sweep FILE --dry-run --estimate")
         if dry_run:
-            print_plan(plan, results, report_console())
+            print_plan(plan, results, report_console(), every_run=every_run)
             if estimate:
                 from qagrel_cli.reports.estimate import estimate_sweep, print_estimate, runs_left
                 left = runs_left(plan, results)
@@ -365,7 +377,8 @@ def sweep(
             from qagrel_cli.sweeps.ray_executor import RayOptions
             ray = RayOptions(address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, retries=retries)
         outcome = run_sweep(plan, results, workers=workers, data_dir=data_dir, download=download,
-                            retry_failed=retry_failed, console=console, pack=pack, ray=ray, threads=threads)
+                            retry_failed=retry_failed, console=console, pack=pack, ray=ray, threads=threads,
+                            replace=replace_sweep, confirmed=yes)
     except QagrelError as err:
         raise fail(str(err)) from None
     console.print(outcome.describe(), highlight=False, soft_wrap=True)
@@ -419,6 +432,7 @@ def collect(
         done = collect_runs(source, dest, with_weights=with_weights)
     except QagrelError as err:
         raise fail(str(err)) from None
+    warn(done.warnings)
     said = [f"collected {len(done.added)} finished run(s) into {dest}",
             f"{len(done.kept)} already finished there (kept)", f"{len(done.unfinished)} not finished in {source}"]
     said += [f"{len(done.sweep_files)} sweep file(s) copied"] if done.sweep_files else []
@@ -588,8 +602,8 @@ def milestones(
     try:
         epochs = parse_epochs(at_epochs) if at_epochs is not None else []
         results = read_results(directory)
-        warn(results.warnings())
         rows = milestone_rows(results, epochs)
+        warn(results.warnings())
         if not rows:
             raise QagrelError(f"{directory}: no finished runs with a readable log yet")
     except QagrelError as err:

@@ -63,6 +63,10 @@ def find_mnist() -> Path:
     return MNIST_FIXTURE
 
 
+# A test of `--workers 2` means two workers, on a one-core machine too: no cap to the cores or memory
+# (sweeps/capacity.py); the tests of the cap remove this.
+os.environ.setdefault("QAGREL_WORKERS_UNCAPPED", "1")
+
 MNIST_DATA = find_mnist()
 # False on the committed subset: tests that need more than 2,000 training images size themselves by it.
 FULL_MNIST = MNIST_DATA != MNIST_FIXTURE

@@ -241,8 +241,8 @@ def test_invalid_sweep_file_starts_nothing_and_writes_nothing(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_dry_run_lists_every_run_and_writes_nothing(tmp_path):
-    result = runner.invoke(app, ["sweep", str(REPO / "sweeps" / "table1.yaml"), "--dry-run",
+def test_dry_run_all_lists_every_run_and_writes_nothing(tmp_path):
+    result = runner.invoke(app, ["sweep", str(REPO / "sweeps" / "table1.yaml"), "--dry-run", "--all",
                                  "--results", str(tmp_path / "results")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "260 runs" in result.stdout and "mnist-fc-1500_1000_500-bp-s9-" in result.stdout
@@ -252,7 +252,7 @@ def test_dry_run_lists_every_run_and_writes_nothing(tmp_path):
 
 def test_dry_run_shows_a_dash_for_a_setting_the_runs_rule_does_not_read(tmp_path):
     path = sweep_file(tmp_path, "grid: {dataset: mnist}\nseeds: 1\ninclude:\n  - {rule: bp, optimizer: adam}\n")
-    result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--results", str(tmp_path / "results")],
+    result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--all", "--results", str(tmp_path / "results")],
                            env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     cells = {line.split("│")[2].strip().split("-")[3]: line.split("│")[3].strip()

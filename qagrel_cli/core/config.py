@@ -200,8 +200,11 @@ class TrainConfig:
                 choices = ", ".join(e.value for e in enum)
                 raise QagrelError(f"unknown {name} {value!r}; choose one of: {choices}") from None
         object.__setattr__(self, "fc", parse_fc(self.fc))
-        for name in ("seed", "batch_size", "max_epochs", "patience", "val_size", "lr_halve_every"):
-            _check_int(name, getattr(self, name), minimum=0 if name in ("seed", "val_size", "lr_halve_every") else 1)
+        for name in ("seed", "batch_size", "max_epochs", "patience", "lr_halve_every"):
+            _check_int(name, getattr(self, name), minimum=0 if name in ("seed", "lr_halve_every") else 1)
+        if isinstance(self.val_size, bool) or not isinstance(self.val_size, int) or self.val_size < 1:
+            raise QagrelError(f"val_size must be an integer >= 1: early stopping needs validation images (and "
+                              f"the held-out accuracy is logged every epoch), got {self.val_size!r}")
         if not isinstance(self.batch_norm, bool):
             raise QagrelError(f"batch_norm must be true or false, got {self.batch_norm!r}")
         if self.train_size is not None:

@@ -149,6 +149,9 @@ def load_dataset(dataset: Dataset, data_dir: Path | None = None, download: bool 
     """
     dataset = Dataset(dataset)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if data_dir.exists() and not data_dir.is_dir():  # local: no download can help
+        raise QagrelError(f"the data folder {data_dir} is a file, not a folder: point --data-dir / QAGREL_DATA "
+                          f"at the folder that holds {_layout(dataset)}")
     if dataset in _MNIST_CLASS:
         return _load_mnist_family(dataset, data_dir, download)
     return _load_cifar(dataset, data_dir, download)
@@ -195,6 +198,8 @@ def make_splits(raw: RawData, seed: int, val_size: int = 1000, train_size: int |
 def _load_mnist_family(dataset: Dataset, data_dir: Path, download: bool) -> RawData:
     raw_dir = data_dir / _MNIST_CLASS[dataset] / "raw"
     files = _find_idx_files(dataset, raw_dir)
+    if files is None:
+        _refuse_partial_copy(dataset, raw_dir, MNIST_FILES, or_gz=True)
     if files is None and download:
         _download(dataset, data_dir, raw_dir)
         files = _find_idx_files(dataset, raw_dir)
@@ -262,6 +267,7 @@ def _load_cifar(dataset: Dataset, data_dir: Path, download: bool) -> RawData:
     folder = data_dir / _CIFAR_FOLDER[dataset]
     meta_name, meta_key = _CIFAR_META[dataset]
     expected = (*_CIFAR_TRAIN[dataset], *_CIFAR_TEST[dataset], meta_name)
+    _refuse_partial_copy(dataset, folder, expected, or_gz=False)
     if download and not _all_files(folder, expected):
         _download(dataset, data_dir, folder)
     if not _all_files(folder, expected):
@@ -350,6 +356,20 @@ def _download(dataset: Dataset, data_dir: Path, folder: Path) -> None:
             shutil.rmtree(created, ignore_errors=True)
         raise QagrelError(f"could not download {dataset.value} into {folder} ({_one_line(e)}); "
                           f"check the internet connection, or {_POINT_HINT.format(layout=_layout(dataset))}") from None
+
+
+def _refuse_partial_copy(dataset: Dataset, folder: Path, expected: tuple[str, ...], or_gz: bool) -> None:
+    """A one-line QagrelError naming the missing files when `folder` holds some of the dataset's files but not
+    all: a copy lost a file here, which a download (a whole new archive over the rest) is not the way to mend."""
+    def present(name: str) -> bool:
+        return (folder / name).is_file() or (or_gz and (folder / f"{name}.gz").is_file())
+
+    missing = [name for name in expected if not present(name)]
+    if missing and len(missing) < len(expected):
+        gz = " (or .gz)" if or_gz else ""
+        raise QagrelError(f"{dataset.value} in {folder} lacks {', '.join(missing)}{gz}, and holds the other "
+                          f"files: copy the missing file{'s' if len(missing) > 1 else ''} there, or delete the "
+                          f"folder to fetch it whole")
 
 
 def _all_files(folder: Path, names: tuple[str, ...]) -> bool:

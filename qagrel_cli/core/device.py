@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 import torch
 
@@ -40,6 +41,37 @@ def describe_device(device: torch.device) -> str:
             f"{threads} thread{'' if threads == 1 else 's'})")
 
 
+# Instruction-set levels, highest first, as /proc/cpuinfo's flags name them: floating-point results can
+# differ between levels (other kernels, other summation orders), so a run records which one it had.
+ISA_LEVELS = ("avx512f", "avx2", "avx", "sse4_2")
+
+
+def machine_record(device: torch.device) -> dict[str, Any]:
+    """What a run's summary records of the machine, for telling which results can repeat bitwise: the CPU
+    model and its instruction-set level (and the one torch's kernels use), the GPU's name where it trains on
+    one, and torch's CPU thread count (docs/usage.md, "Which results repeat bitwise, and where")."""
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_isa": _cpu_isa(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _cpu_isa() -> str | None:
+    """The highest level of ISA_LEVELS among the CPU's flags in /proc/cpuinfo (Linux x86); None elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return next((level for level in ISA_LEVELS if level in flags), "below sse4_2")
+    except OSError:
+        pass
+    return None
+
+
 def _cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what the platform module knows."""
     try:
@@ -52,4 +84,4 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-__all__ = ["resolve_device", "describe_device"]
+__all__ = ["resolve_device", "describe_device", "machine_record", "ISA_LEVELS"]

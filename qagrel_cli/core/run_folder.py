@@ -26,12 +26,13 @@ so that every view of a results folder can report it and go on.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
+import resource
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -151,7 +152,42 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         raise DamagedFile(path, _reason(err)) from None
     if not isinstance(summary, dict) or not {"run_id", "stop_epoch"} <= summary.keys():
         raise DamagedFile(path, "not a qagrel run summary")
+    problem = _summary_problem(summary)
+    if problem is not None:
+        raise DamagedFile(path, problem)
     return summary
+
+
+def _is_number(value: Any) -> bool:
+    """A number that is not infinite: NaN stands for a diverged run's value in summaries written before
+    they became strict JSON (null since)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isinf(value)
+
+
+def _is_accuracy(value: Any) -> bool:
+    return value is None or (_is_number(value) and (math.isnan(value) or 0 <= value <= 1))
+
+
+# What each field of a summary holds, where it is there (older summaries lack some): a view that read a
+# wrong type (an epoch "abc", an accuracy 1e400) would crash or show nonsense far from the file's name.
+_SUMMARY_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "run_id": ("a run id", lambda v: isinstance(v, str) and bool(v)),
+    "stop_epoch": ("an epoch >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "best_epoch": ("an epoch >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    **{name: ("an accuracy in [0, 1] or null", _is_accuracy)
+       for name in ("best_val_acc", "test_acc_at_best", "test_acc_at_stop")},
+    "final_train_reward": ("a finite number or null", lambda v: v is None or _is_number(v)),
+    "wall_seconds": ("seconds >= 0 or null", lambda v: v is None or (_is_number(v) and not v < 0)),
+    **{name: ("true or false", lambda v: isinstance(v, bool)) for name in ("converged", "diverged")},
+}
+
+
+def _summary_problem(summary: dict[str, Any]) -> str | None:
+    """The first field of `summary` whose value has the wrong type or range, said in words; None if all fit."""
+    for name, (what, fits) in _SUMMARY_FIELDS.items():
+        if name in summary and not fits(summary[name]):
+            return f"{name} is {summary[name]!r}, not {what}"
+    return None
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -163,18 +199,48 @@ def write_log(run_dir: Path, log: pd.DataFrame) -> None:
     atomic_write(run_dir / LOG_FILE, lambda tmp: log.to_parquet(tmp, index=False))
 
 
-def read_log(run_dir: Path) -> pd.DataFrame:
-    """The epoch log (empty DataFrame when no epoch finished yet); DamagedFile if it cannot be read."""
+# The columns every view of finished runs reads of a log (one without them is damaged, whatever else it
+# holds); a view that reads more names them in its `needs`.
+LOG_NEEDS = ("epoch", "test_acc")
+
+
+def read_log(run_dir: Path, needs: Sequence[str] = ("epoch",)) -> pd.DataFrame:
+    """The epoch log (empty DataFrame when no epoch finished yet); DamagedFile if it cannot be read or lacks
+    a column of `needs`."""
     path = run_dir / LOG_FILE
     try:
         # One open handle pins one inode: pyarrow given a path stats it and reopens
         # it, and a writer's rename in between hands it a torn file.
         with open(path, "rb") as fh:
-            return pd.read_parquet(fh)
+            log = pd.read_parquet(fh)
     except FileNotFoundError:
         return pd.DataFrame(columns=list(LOG_COLUMNS))
     except Exception as err:  # pyarrow raises its own ArrowInvalid, OSError and more for a torn file
         raise DamagedFile(path, _reason(err)) from None
+    _check_columns(path, log.columns, needs)
+    return log
+
+
+def check_log(run_dir: Path, needs: Sequence[str] = LOG_NEEDS) -> None:
+    """DamagedFile if the log exists and its footer cannot be read or lacks a column of `needs`: the check
+    `read_log` makes, reading the footer alone (for a view that reads the log's body only to plot)."""
+    import pyarrow.parquet as pq
+
+    path = run_dir / LOG_FILE
+    try:
+        with open(path, "rb") as fh:
+            names = pq.read_schema(fh).names
+    except FileNotFoundError:
+        return
+    except Exception as err:  # pyarrow's ArrowInvalid and OSError, among others, for a torn file
+        raise DamagedFile(path, _reason(err)) from None
+    _check_columns(path, names, needs)
+
+
+def _check_columns(path: Path, columns: Any, needs: Sequence[str]) -> None:
+    missing = [name for name in needs if name not in set(columns)]
+    if missing:
+        raise DamagedFile(path, f"lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
 
 
 def one_row_per_epoch(log: pd.DataFrame) -> pd.DataFrame:
@@ -198,18 +264,48 @@ def is_run_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file()
 
 
-def is_hidden(path: Path, root: Path) -> bool:
-    """Whether `path` lies in a folder below `root` named with a leading '.' or '_' (figures, staging areas,
-    scratch copies): none of it is a result."""
-    return any(part.startswith((".", "_")) for part in Path(path).relative_to(root).parts)
+HIDDEN_PREFIXES = (".", "_")  # a folder named so holds no results (`scan_results`)
+
+
+def scan_results(root: Path, names: Sequence[str] = (CONFIG_FILE,)) -> tuple[list[Path], list[DamagedFile]]:
+    """Every file named one of `names` at or below `root`, sorted, and each folder that could not be listed.
+
+    Folders named with a leading '.' or '_' (figures, staging areas, scratch copies) are not entered: none
+    of it is a result. A symlinked folder is followed (a results folder assembled
+    from links to runs elsewhere), each real folder once, so a link cycle ends. A folder that cannot be
+    listed (no permission, gone, an I/O error) comes back as a DamagedFile naming it: a view says which
+    folder it left out instead of showing fewer runs without a word.
+    """
+    root = Path(root)
+    found: list[Path] = []
+    unreadable: list[DamagedFile] = []
+    seen: set[str] = set()
+
+    def note(err: OSError) -> None:
+        reason = f"cannot list the folder: {err.strerror or _reason(err)}"
+        unreadable.append(DamagedFile(Path(err.filename or root), reason))
+
+    for folder, subfolders, files in os.walk(root, onerror=note, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a second link to a folder already read, or a cycle
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(HIDDEN_PREFIXES)]
+        found += [Path(folder) / name for name in names if name in files]
+        for name in files:  # a link whose target is gone is listed as a file: say so, it may have been a run
+            path = Path(folder) / name
+            if not name.startswith(HIDDEN_PREFIXES) and path.is_symlink() and not path.exists():
+                unreadable.append(DamagedFile(path, f"a link to {os.readlink(path)}, which does not exist"))
+    return sorted(found), unreadable
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every run folder at or below `root`, sorted; none inside a hidden folder (`is_hidden`)."""
+    """Every run folder at or below `root` (`scan_results`), sorted; a folder that cannot be listed is left out."""
     root = Path(root)
     if is_run_dir(root):
         return [root]
-    return sorted(p.parent for p in root.rglob(CONFIG_FILE) if not is_hidden(p.parent, root))
+    return [p.parent for p in scan_results(root)[0]]
 
 
 # ---- the run's lock: one process trains a run at a time (a sweep worker, a Ray driver or `qagrel train`)
@@ -221,13 +317,19 @@ def try_lock(run_dir: Path) -> int | None:
     a stale lock never blocks anyone. Two opens in one process exclude each other too.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    while True:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:  # the file we locked must still be the one at the path: its holder may have unlinked it
+            if os.fstat(fd).st_ino == os.stat(run_dir / LOCK_FILE).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # a stale file: take the lock on the one there now
 
 
 def is_locked(run_dir: Path) -> bool:
@@ -246,16 +348,41 @@ def is_locked(run_dir: Path) -> bool:
 
 
 def release_lock(run_dir: Path, fd: int) -> None:
-    """Give a run's lock back. A finished run's lock file goes too: done is final, and a process that
-    opened the file before the unlink gets the lock after us, sees the summary and leaves."""
-    if is_finished(run_dir):
+    """Give a run's lock back. The lock file goes too when the run is finished (done is final) or when the
+    folder holds nothing else (a run refused before it started leaves no lock behind). A process that
+    opened the file before the unlink finds it no longer at the path (`try_lock`)."""
+    try:
+        nothing_else = [p.name for p in run_dir.iterdir()] == [LOCK_FILE]
+    except OSError:
+        nothing_else = False
+    if is_finished(run_dir) or nothing_else:
         (run_dir / LOCK_FILE).unlink(missing_ok=True)
     os.close(fd)
 
 
-@contextmanager
+# File descriptors kept free beside the runs' locks: data files, torch's libraries, pipes, the log.
+FD_MARGIN = 64
+
+
+def max_locks() -> int:
+    """How many run locks this process can hold at once: its open-file limit less FD_MARGIN."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (1 << 30) if soft == resource.RLIM_INFINITY else max(0, soft - FD_MARGIN)
+
+
+def check_lock_count(count: int) -> None:
+    """One-line QagrelError, before anything is written, when `count` runs' locks would not fit in this
+    process (one open file each): better than dying half-way with "Too many open files"."""
+    if count > max_locks():
+        raise QagrelError(f"{count} runs to train together, but this process can hold only {max_locks()} run "
+                          f"locks (open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, "
+                          f"ulimit -n): train fewer seeds at a time")
+
+
+@contextlib.contextmanager
 def holding_locks(run_dirs: Sequence[Path]) -> Iterator[None]:
     """Hold every run's lock for the block; QagrelError, holding none, if another process trains one of them."""
+    check_lock_count(len(run_dirs))
     held: list[tuple[Path, int]] = []
     try:
         for run_dir in run_dirs:

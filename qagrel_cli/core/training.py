@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -34,7 +34,7 @@ from qagrel_cli.core.data import RawData, load_dataset, make_splits
 from qagrel_cli.core.provenance import git_commit
 from qagrel_cli.core.packs import LoopPack, Member, PackStrategy, VmapPack
 from qagrel_cli.core.stopping import CONVERGED_RULE, RunProgress, should_stop, stopping_summary
-from qagrel_cli.core.device import describe_device, resolve_device
+from qagrel_cli.core.device import describe_device, machine_record, resolve_device
 from qagrel_cli.core.trainer import Trainer, record_epoch
 from qagrel_cli.core.weights import WeightsAt, save_if_best, save_weights
 
@@ -90,6 +90,7 @@ def train_runs(configs: Sequence[TrainConfig], run_dirs: Sequence[Path], *, data
         else:
             todo.append(index)
     if todo:
+        run_folder.check_lock_count(len(todo))  # before the data is fetched and any folder is made
         device = resolve_device(first.device)
         raw = load_dataset(first.dataset, data_dir, download)  # before the locks: a missing dataset leaves no folder
         with run_folder.holding_locks([Path(run_dirs[i]) for i in todo]) if lock else contextlib.nullcontext():
@@ -120,9 +121,12 @@ def _train_members(members: list[Member], device: torch.device, strategy: PackSt
         if said:
             console.print("; ".join(said), highlight=False)
     summaries: dict[int, dict[str, Any]] = {}
+    # No terminal (a cluster job's log file): one plain line per epoch as it ends, since a live display
+    # would only be printed when it stops.
+    say = None if quiet or console.is_terminal else _plain_lines(console)
     with _progress_display(console, quiet) as display:
         while pack.members:
-            diverged = _train_epoch(pack, display)
+            diverged = _train_epoch(pack, display, say)
             staying = []
             for m, m_diverged in zip(pack.members, diverged):
                 if not should_stop(m.config, m.progress, m_diverged):
@@ -138,16 +142,19 @@ def _train_members(members: list[Member], device: torch.device, strategy: PackSt
     return summaries
 
 
-def _train_epoch(pack: LoopPack | VmapPack, display: Progress | None) -> list[bool]:
-    """Train every member one epoch, evaluate, append each member's log row. Returns who diverged."""
+def _train_epoch(pack: LoopPack | VmapPack, display: Progress | None,
+                 say: Callable[[str], None] | None = None) -> list[bool]:
+    """Train every member one epoch, evaluate, append each member's log row. Returns who diverged.
+
+    The epoch's line of figures goes to `display`, else (when given) to `say` as the epoch ends."""
     members = pack.members
     for m in members:
         m.progress.epoch += 1
+    epochs = "/".join(str(e) for e in sorted({m.progress.epoch for m in members}))
+    description = f"epoch {epochs}" + (f" ({len(members)} runs)" if len(members) > 1 else "")
     task = None
     if display is not None:
-        epochs = "/".join(str(e) for e in sorted({m.progress.epoch for m in members}))
-        task = display.add_task(f"epoch {epochs}" + (f" ({len(members)} runs)" if len(members) > 1 else ""),
-                                total=pack.batches_per_epoch, rate="")
+        task = display.add_task(description, total=pack.batches_per_epoch, rate="")
     start = time.perf_counter()
     rewarded, loss = pack.run_epoch(None if task is None else _live_update(display, task, members))
     rewarded_sums, loss_sums = rewarded.tolist(), loss.tolist()  # waits for the device
@@ -159,14 +166,26 @@ def _train_epoch(pack: LoopPack | VmapPack, display: Progress | None) -> list[bo
                              val_acc=val_acc[k], test_acc=test_acc[k], train_seconds=train_seconds,
                              epoch_seconds=epoch_seconds)
                 for k, m in enumerate(members)]
-    if task is not None:
+    if task is not None or say is not None:
         rows = [m.progress.rows[-1] for m in members]
         mean = {c: sum(r[c] for r in rows) / len(rows) for c in ("train_reward", "val_acc", "test_acc")}
         what = "" if len(rows) == 1 else "mean "
-        display.update(task, rate=f"{what}reward {mean['train_reward']:.3f}  val {mean['val_acc']:.4f}  "
-                                  f"test {mean['test_acc']:.4f}  ({epoch_seconds:.1f}s)")
-        display.stop_task(task)
+        figures = (f"{what}reward {mean['train_reward']:.3f}  val {mean['val_acc']:.4f}  "
+                   f"test {mean['test_acc']:.4f}  ({epoch_seconds:.1f}s)")
+        if task is not None:
+            display.update(task, rate=figures)
+            display.stop_task(task)
+        else:
+            say(f"{description}: {figures}")
     return diverged
+
+
+def _plain_lines(console: Console) -> Callable[[str], None]:
+    """Print a line and flush it at once, so a log file shows each epoch as it ends."""
+    def say(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True, markup=False)
+        console.file.flush()
+    return say
 
 
 def _live_update(display: Progress, task: Any, members: list[Member]) -> Any:
@@ -191,8 +210,8 @@ class _NoDisplay:
 
 
 def _progress_display(console: Console, quiet: bool) -> Any:
-    """A rich display of epoch progress; None inside `with` when quiet."""
-    if quiet:
+    """A rich display of epoch progress on a terminal; None inside `with` when quiet or not on a terminal."""
+    if quiet or not console.is_terminal:
         return _NoDisplay()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), console=console, transient=False)
@@ -283,6 +302,7 @@ def _summary(config: TrainConfig, trainer: Trainer, progress: RunProgress, diver
         "hidden_units": trainer.hidden_units,
         "num_classes": num_classes,
         "device": describe_device(device),
+        "machine": machine_record(device),
         "torch_version": torch.__version__,
         "qagrel_version": qagrel_cli.__version__,
         "git_commit": git_commit(),

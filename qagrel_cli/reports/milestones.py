@@ -35,7 +35,7 @@ from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.rows import TABLE1_FIELDS, RowKey, row_key, row_key_fields
 from qagrel_cli.reports.table import PaperRow, Stat, paper_row
 from qagrel_cli.reports.table_formats import markdown_table
-from qagrel_cli.sweeps.results import Results, RunRecord
+from qagrel_cli.sweeps.results import Damage, Results, RunRecord
 
 PATIENCE = DEFAULTS["patience"]  # Table 1's early stopping: the best epoch is this many before the stop epoch
 FRACTIONS = (0.5, 0.9)  # of the paper's final accuracy
@@ -75,12 +75,17 @@ class MilestoneRow:
 
 def milestone_rows(results: Results, at_epochs: Sequence[int] = ()) -> list[MilestoneRow]:
     """The milestones of every row of finished runs with a readable log (logs are read here); with `at_epochs`,
-    also each row's test accuracy at those epochs."""
+    also each row's test accuracy at those epochs. A log without the columns read here joins `results.damaged`."""
     finished = [r for r in results.runs if r.summary is not None and r.log_readable]
     fields = row_key_fields(finished)
     groups: dict[RowKey, list[tuple[pd.DataFrame, RunRecord]]] = {}
     for record in finished:
-        log = run_folder.one_row_per_epoch(run_folder.read_log(record.path)).set_index("epoch")
+        try:
+            log = run_folder.read_log(record.path, needs=("epoch", "val_acc", "test_acc"))
+        except run_folder.DamagedFile as err:  # lacks a column read here: named with the other damage
+            results.damaged.append(Damage(err.path, err.reason))
+            continue
+        log = run_folder.one_row_per_epoch(log).set_index("epoch")
         if not log.empty:
             groups.setdefault(row_key(record, fields), []).append((log, record))
     return [_row(key, [log for log, _ in runs], [record for _, record in runs], at_epochs)

@@ -205,7 +205,8 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
     if single:
         runs, notes, warnings = [_one_run(path)], [], []
     else:
-        runs, notes, warnings = _finished_runs(path, with_diverged=angles)
+        runs, notes, warnings = _finished_runs(path, with_diverged=angles,
+                                               needs=("epoch",) if angles else ("epoch", METRIC_COLUMN[metric]))
         runs = _select(runs, path, datasets, archs, fcs)
     filters = [a.value for a in archs] + [d.value for d in datasets] + [f.replace(",", "-") for f in fcs]
     drop = ["drop"] if after_stop == AfterStop.drop else []
@@ -362,13 +363,15 @@ def _one_run(run_dir: Path) -> _Run:
     return run
 
 
-def _finished_runs(root: Path, *, with_diverged: bool = False) -> tuple[list[_Run], list[str], list[str]]:
+def _finished_runs(root: Path, *, with_diverged: bool = False, needs: Sequence[str] = ("epoch",)
+                   ) -> tuple[list[_Run], list[str], list[str]]:
     """The finished runs below `root` (diverged ones only `with_diverged`), a caption note for each kind left
     out, and a warning naming each damaged file."""
     results = read_results(root)
     if not results.runs and not results.damaged:
         raise QagrelError(f"no runs in {root} (no run folder with a _config.yaml at or below it)")
     runs, left_out = [], defaultdict(int)
+    lacking: list[str] = []  # logs read here that could not be plotted, named as read_results names the rest
     for record in results.runs:
         if record.summary is None:
             left_out["unfinished"] += 1  # its curve would end at wherever training happens to be now
@@ -378,9 +381,10 @@ def _finished_runs(root: Path, *, with_diverged: bool = False) -> tuple[list[_Ru
             left_out["damaged"] += 1
         else:
             try:
-                log = run_folder.read_log(record.path)
-            except run_folder.DamagedFile:  # damaged since read_results looked at it
+                log = run_folder.read_log(record.path, needs=needs)
+            except run_folder.DamagedFile as err:  # lacks the plotted column, or damaged since read_results
                 left_out["damaged"] += 1
+                lacking.append(f"unreadable log (its run is not plotted) {err.path}: {err.reason}")
                 continue
             if log.empty:
                 left_out["empty"] += 1
@@ -390,7 +394,7 @@ def _finished_runs(root: Path, *, with_diverged: bool = False) -> tuple[list[_Ru
     notes = [f"{_runs(n, f'{kind} run')} not shown." for kind, n in left_out.items() if n]
     if not runs:
         raise QagrelError(f"no finished runs in {root} ({', '.join(f'{n} {k}' for k, n in left_out.items() if n)})")
-    return runs, notes, results.warnings(log_note="its run is not plotted")
+    return runs, notes, results.warnings(log_note="its run is not plotted") + lacking
 
 
 def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Sequence[Arch],

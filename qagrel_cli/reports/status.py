@@ -23,8 +23,8 @@ from qagrel_cli.core.stopping import replay
 from qagrel_cli.reports.console import fit
 from qagrel_cli.reports.rows import RowKey, format_duration, format_setting, row_key, row_key_fields, setting_cell
 from qagrel_cli.reports.table_formats import markdown_table
-from qagrel_cli.sweeps.ledger import RunStatus, run_status
-from qagrel_cli.sweeps.results import read_results
+from qagrel_cli.sweeps.ledger import RunStatus, damaged_file, run_status
+from qagrel_cli.sweeps.results import RunRecord, read_results
 from qagrel_cli.sweeps.sweep_file import Sweep
 
 
@@ -37,15 +37,50 @@ _COUNT_HEADERS = {"done": "done", "running": "run", "failed": "fail", "damaged":
 _TIME_HEADERS = {"time/epoch": "t/ep", "median epoch": "med ep", "time/run": "t/run", "time": "time"}
 
 
-def print_plan(sweep: Sweep, results: Path, console: Console) -> None:
-    """The expanded runs as a table (run id, the settings that vary, lr, state). Writes nothing."""
+def print_plan(sweep: Sweep, results: Path, console: Console, *, every_run: bool = False) -> None:
+    """What a sweep would do, writing nothing: one line per Table 1 row with its runs' states, or with
+    `every_run` one line per run (run id, the settings that vary, lr, state)."""
     states = [run_status(sweep.run_dir(results, c)) for c in sweep.configs]
+    if every_run:
+        _print_every_run(sweep, results, console, states)
+    else:
+        _print_rows(sweep, results, console, states)
+    for config, state in zip(sweep.configs, states):  # as the sweep would say it: one line each, naming the file
+        if state == RunStatus.damaged:
+            said = f"would leave damaged run {config.run_id} alone: {damaged_file(sweep.run_dir(results, config))}"
+            console.print(f"[yellow]warning:[/] {escape(said)}", highlight=False, soft_wrap=True)
+
+
+def _plan_title(sweep: Sweep, results: Path) -> str:
+    return f"sweep {sweep.name}: {len(sweep.configs)} runs in {Path(results) / sweep.name}"
+
+
+def _plan_caption(states: list[RunStatus]) -> str:
+    return ", ".join(f"{Counter(states).get(s, 0)} {s.value}" for s in RunStatus)
+
+
+def _print_rows(sweep: Sweep, results: Path, console: Console, states: list[RunStatus]) -> None:
+    """The plan grouped by Table 1 row, drawn as `qagrel status` draws a results folder."""
+    records = [RunRecord(sweep.run_dir(results, c), c, None) for c in sweep.configs]
+    fields = row_key_fields(records)
+    rows: dict[RowKey, Counter] = {}
+    for record, state in zip(records, states):
+        rows.setdefault(row_key(record, fields), Counter())[state] += 1
+    named = _named_headers(fields)
+    print_status(StatusReport(
+        title=_plan_title(sweep, results), caption=f"{_plan_caption(states)} (--all lists every run)",
+        headers=[*named, *_COUNT_HEADERS], named_by=len(named),
+        rows=[[*key.cells(), *_counts(rows[key])] for key in sorted(rows, key=lambda k: k.sort_key)],
+        total=["total", *[""] * (len(named) - 1), *_counts(Counter(states))],
+        timed_on=[], in_progress=[], warnings=[], failures=[]), console)
+
+
+def _print_every_run(sweep: Sweep, results: Path, console: Console, states: list[RunStatus]) -> None:
     settings = [c.to_dict() for c in sweep.configs]
     in_run_id = {"dataset", "arch", "fc", "rule", "seed", "device"}
     varying = [f for f in CONFIG_FIELDS
                if f not in in_run_id | {"lr"} and len({json.dumps(s[f]) for s in settings}) > 1]
-    table = Table(title=f"sweep {sweep.name}: {len(sweep.configs)} runs in {Path(results) / sweep.name}",
-                  caption=", ".join(f"{Counter(states).get(s, 0)} {s.value}" for s in RunStatus))
+    table = Table(title=_plan_title(sweep, results), caption=_plan_caption(states))
     table.add_column("#", justify="right")
     # A run id names the run's folder: kept whole (fit never goes below min_width), the settings give way.
     table.add_column("run id", no_wrap=True, min_width=max(len(c.run_id) for c in sweep.configs))
@@ -122,15 +157,14 @@ def status_report(root: Path, *, times: bool = False) -> StatusReport:
 
     def numbers(c: Counter, spent: list[tuple[float, int]], epoch_seconds: list[float]) -> list[str]:
         seconds, epochs = sum(s for s, _ in spent), sum(e for _, e in spent)
-        counts = [str(c[RunStatus.done]), str(c[RunStatus.running]), str(c[RunStatus.failed]),
-                  str(c[RunStatus.damaged]), str(c[RunStatus.partial] + c[RunStatus.pending]), str(sum(c.values()))]
+        counts = _counts(c)
         if not times:
             return counts
         median = format_duration(statistics.median(epoch_seconds)) if epoch_seconds else "–"
         return counts + ([format_duration(seconds / epochs) if epochs else "–", median,
                           format_duration(seconds / len(spent)), format_duration(seconds)] if spent else ["–"] * 4)
 
-    named = ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in fields[5:]]]
+    named = _named_headers(fields)
     every_done_run = [spent for row_spent in spent_by_row.values() for spent in row_spent]
     return StatusReport(
         title=f"{root}: {len(records)} runs",
@@ -148,9 +182,21 @@ def _epoch_seconds(run_dir: Path) -> list[float]:
     """The wall time of each logged epoch of a run; none where it has no log or the log cannot be read (the
     summary's total still counts)."""
     try:
-        return one_row_per_epoch(read_log(run_dir))["epoch_seconds"].astype(float).tolist()
+        return one_row_per_epoch(read_log(run_dir, needs=("epoch", "epoch_seconds")))["epoch_seconds"] \
+            .astype(float).tolist()
     except DamagedFile:
         return []
+
+
+def _counts(c: Counter) -> list[str]:
+    """A row's count cells: done, running, failed, damaged, pending (partial included), total."""
+    return [str(c[RunStatus.done]), str(c[RunStatus.running]), str(c[RunStatus.failed]),
+            str(c[RunStatus.damaged]), str(c[RunStatus.partial] + c[RunStatus.pending]), str(sum(c.values()))]
+
+
+def _named_headers(fields: list[str]) -> list[str]:
+    """The headers of the cells that name a Table 1 row (`RowKey.cells`)."""
+    return ["Dataset", "Rule", "1st layer", "Hidden units", "α", *[f.replace("_", " ") for f in fields[5:]]]
 
 
 def print_status(report: StatusReport, console: Console) -> None:
@@ -219,7 +265,7 @@ class InProgress:
 def in_progress_from_log(run_dir: Path, config: TrainConfig) -> InProgress | None:
     """The unfinished run's state after its last logged epoch; None before its first. Raises DamagedFile
     for a log that cannot be read."""
-    log = one_row_per_epoch(read_log(run_dir))
+    log = one_row_per_epoch(read_log(run_dir, needs=("epoch", "val_acc", "epoch_seconds")))
     if log.empty:
         return None
     state = replay(log, config).progress

@@ -270,7 +270,7 @@ def accuracy_of(record: RunRecord, at: AccuracyAt) -> float:
         return float(record.summary["test_acc_at_stop"])
     if not record.log_readable:
         raise QagrelError(f"{record.path}: its log cannot be read, so its peak test accuracy cannot be found")
-    log = run_folder.one_row_per_epoch(run_folder.read_log(record.path))
+    log = run_folder.one_row_per_epoch(run_folder.read_log(record.path, needs=("epoch", "test_acc")))
     trained = log[log["epoch"] <= int(record.summary["stop_epoch"])]["test_acc"]
     if trained.empty:
         raise QagrelError(f"{record.path}: its log has no epochs, so its peak test accuracy cannot be found")
@@ -284,8 +284,8 @@ def with_stopping(record: RunRecord, *, patience: int | None = None, max_epochs:
     if not record.log_readable:
         raise QagrelError(f"{record.path}: its log cannot be read, so its early stopping cannot be replayed")
     sooner = stopped_sooner(record.config, patience=patience, max_epochs=max_epochs)
-    return RunRecord(record.path, sooner, summary_under_stopping(record.summary, run_folder.read_log(record.path),
-                                                                 sooner))
+    log = run_folder.read_log(record.path, needs=("epoch", "train_reward", "val_acc", "test_acc", "epoch_seconds"))
+    return RunRecord(record.path, sooner, summary_under_stopping(record.summary, log, sooner))
 
 
 def is_converged(summary: dict[str, Any], converged_above: float = 2.0) -> bool:

@@ -21,7 +21,6 @@ an error before anything is copied. `place_finished_run` is also how
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shutil
 import tempfile
@@ -33,7 +32,7 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import check_results_folder, read_results
-from qagrel_cli.sweeps.sweep_file import SWEEP_FILE
+from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, refuse_other_sweep
 
 STAGING_PREFIX = "_collect-"  # '_': never read as a run folder
 
@@ -53,6 +52,7 @@ class Collected:
     running: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)  # not finished in the source (started or not)
     sweep_files: list[str] = field(default_factory=list)  # sweep files copied
+    warnings: list[str] = field(default_factory=list)  # one line per damaged file or unreadable folder
 
     def note(self, name: str, placement: Placement) -> None:
         """File run `name` under what placing it did."""
@@ -84,11 +84,14 @@ def collect(source: Path, dest: Path, *, with_weights: bool = False) -> Collecte
         raise QagrelError(f"{dest} and {source} overlap: collect copies from one results folder into another")
     if dest.exists() and not dest.is_dir():
         raise QagrelError(f"{dest} is a file, not a results folder")
-    sweep_files = sorted(p for p in source.rglob(SWEEP_FILE) if not run_folder.is_hidden(p.parent, source))
+    sweep_files = run_folder.scan_results(source, (SWEEP_FILE,))[0]
     for sweep_file in sweep_files:  # all checked before anything is copied
-        there = dest / sweep_file.relative_to(source)
-        if there.exists() and not filecmp.cmp(sweep_file, there, shallow=False):
-            raise QagrelError(f"{there} is not the sweep file of {sweep_file.parent}: a different sweep is there")
+        try:
+            text = sweep_file.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise QagrelError(f"{sweep_file}: cannot read the sweep file ({err})") from None
+        refuse_other_sweep(dest / sweep_file.relative_to(source), text, sweep_file,
+                           "collect it into another folder")
     done = Collected()
     for sweep_file in sweep_files:
         there = dest / sweep_file.relative_to(source)
@@ -96,6 +99,7 @@ def collect(source: Path, dest: Path, *, with_weights: bool = False) -> Collecte
             run_folder.atomic_write(there, lambda tmp, src=sweep_file: shutil.copyfile(src, tmp))
             done.sweep_files.append(str(sweep_file.relative_to(source)))
     results = read_results(source)  # the run folders, and the runs of its sweeps not started yet
+    done.warnings = results.warnings("its run is still copied")
     done.unfinished = sorted(str(run_dir.relative_to(source)) for run_dir in results.damaged_runs())
     for record in results.runs:
         run_dir, name = record.path, str(record.path.relative_to(source))

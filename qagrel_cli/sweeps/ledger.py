@@ -43,7 +43,15 @@ class RunStatus(str, Enum):
 
 
 def run_status(run_dir: Path) -> RunStatus:
-    """The one place that decides what status a run folder has (it reads the summary and config it finds)."""
+    """The one place that decides what status a run folder has (it reads the summary and config it finds).
+    A folder that cannot be looked into (no permission, an I/O error) is damaged."""
+    try:
+        return _status(run_dir)
+    except OSError:
+        return RunStatus.damaged
+
+
+def _status(run_dir: Path) -> RunStatus:
     if run_folder.is_finished(run_dir):
         return RunStatus.damaged if damaged_file(run_dir) else RunStatus.done
     if is_locked(run_dir):
@@ -71,6 +79,8 @@ def damaged_file(run_dir: Path) -> run_folder.DamagedFile | None:
             run_folder.read_summary(run_dir)
     except run_folder.DamagedFile as err:
         return err
+    except OSError as err:  # the folder itself cannot be looked into
+        return run_folder.DamagedFile(run_dir, f"cannot read the folder: {err.strerror or err}")
     return None
 
 

@@ -50,6 +50,7 @@ class Damage:
 
     file: Path
     reason: str
+    folder: bool = False  # a folder that cannot be listed: whatever runs it holds are left out
 
     def __str__(self) -> str:
         return f"{self.file}: {self.reason}"
@@ -65,12 +66,14 @@ class Results:
     def damaged_runs(self) -> set[Path]:
         """The run folders left out because their config or summary cannot be read (a damaged log keeps its
         run; a damaged sweep file is no run)."""
-        return {d.file.parent for d in self.damaged if d.file.name not in (run_folder.LOG_FILE, SWEEP_FILE)}
+        return {d.file if d.folder else d.file.parent for d in self.damaged
+                if d.folder or d.file.name not in (run_folder.LOG_FILE, SWEEP_FILE)}
 
     def warnings(self, log_note: str = "its run's summary is still used") -> list[str]:
         """One line per damaged file, for a view to print before its output; `log_note` says what the view
         does with a run whose log alone is damaged."""
-        return [f"skipped damaged file {d}" if d.file.name != run_folder.LOG_FILE
+        return [f"skipped unreadable folder {d}" if d.folder
+                else f"skipped damaged file {d}" if d.file.name != run_folder.LOG_FILE
                 else f"unreadable log ({log_note}) {d}" for d in self.damaged]
 
 
@@ -95,7 +98,13 @@ def read_results(root: Path) -> Results:
     results = Results()
     records: dict[Path, RunRecord] = {}
     damaged_runs: set[Path] = set()
-    for run_dir in run_folder.find_run_dirs(root):
+    if run_folder.is_run_dir(root):
+        files, unreadable = [root / run_folder.CONFIG_FILE], []
+    else:
+        files, unreadable = run_folder.scan_results(root, (run_folder.CONFIG_FILE, SWEEP_FILE))
+    results.damaged += [Damage(err.path, err.reason, folder=True) for err in unreadable]
+    damaged_runs.update(err.path for err in unreadable)  # not also a pending run of its sweep
+    for run_dir in [f.parent for f in files if f.name == run_folder.CONFIG_FILE]:
         try:
             record = RunRecord(run_dir, run_folder.read_config(run_dir), run_folder.read_summary(run_dir))
         except run_folder.DamagedFile as err:
@@ -107,7 +116,7 @@ def read_results(root: Path) -> Results:
             results.damaged.append(damage)
             record = RunRecord(record.path, record.config, record.summary, log_readable=False)
         records[run_dir] = record
-    for sweep_file in sorted(p for p in root.rglob(SWEEP_FILE) if not run_folder.is_hidden(p.parent, root)):
+    for sweep_file in [f for f in files if f.name == SWEEP_FILE]:
         try:
             stored = parse_sweep(sweep_file.read_text(), sweep_file, default_name=sweep_file.parent.name)
         except (OSError, UnicodeDecodeError, QagrelError) as err:
@@ -122,17 +131,12 @@ def read_results(root: Path) -> Results:
 
 
 def _log_damage(run_dir: Path) -> Damage | None:
-    """The log's damage, if it exists and its Parquet footer cannot be read (the body is read only to plot)."""
-    import pyarrow.parquet as pq
-
-    log = run_dir / run_folder.LOG_FILE
+    """The log's damage, if it exists and its footer cannot be read or lacks a needed column (the body is
+    read only to plot)."""
     try:
-        with open(log, "rb") as fh:
-            pq.read_metadata(fh)
-    except FileNotFoundError:
-        return None
-    except Exception as err:  # pyarrow's ArrowInvalid and OSError, among others, for a torn file
-        return Damage(log, " ".join(str(err).split())[:200] or type(err).__name__)
+        run_folder.check_log(run_dir)
+    except run_folder.DamagedFile as err:
+        return Damage(err.path, err.reason)
     return None
 
 

@@ -112,6 +112,25 @@ def parse_sweep(text: str, path: Path, default_name: str | None = None) -> Sweep
     return Sweep(name=name, path=path, text=text, configs=tuple(ordered), pack=pack)
 
 
+def refuse_other_sweep(stored: Path, text: str, given: Path, hint: str) -> None:
+    """One-line QagrelError naming both files when the results folder's sweep file `stored` exists and holds
+    another sweep than `text` (the sweep file `given`): one name, one sweep, in a results root. `hint` says
+    what the user can do."""
+    try:
+        if not stored.exists() or stored.read_bytes() == text.encode():
+            return
+    except OSError as err:
+        raise QagrelError(f"{stored}: cannot read the sweep file ({err.strerror or err})") from None
+    raise QagrelError(f"{stored} is not {given}: a different sweep is there under the name "
+                      f"{stored.parent.name!r}; {hint}")
+
+
+def check_sweep_name(sweep: Sweep, results: Path) -> None:
+    """Refuse, in one line naming both files, a sweep whose name another sweep file already used in `results`."""
+    refuse_other_sweep(Path(results) / sweep.name / SWEEP_FILE, sweep.text, sweep.path,
+                       "give this sweep another name:, or --replace to make it that name's sweep")
+
+
 def _axes(path: Path, where: str, mapping: Any) -> dict[str, list[Any]]:
     """A grid-like mapping as key -> non-empty list of values, each value checked by TrainConfig."""
     if not isinstance(mapping, dict) or not mapping:
@@ -160,4 +179,4 @@ def _matches(config: TrainConfig, exclude: dict[str, list[Any]]) -> bool:
                for key, values in exclude.items())
 
 
-__all__ = ["Sweep", "load_sweep", "parse_sweep", "SWEEP_FILE", "SWEEP_KEYS"]
+__all__ = ["Sweep", "load_sweep", "parse_sweep", "refuse_other_sweep", "check_sweep_name", "SWEEP_FILE", "SWEEP_KEYS"]
