@@ -17,7 +17,8 @@ import torch
 from qagrel_cli.core import run_folder as runs
 from qagrel_cli.core.config import QagrelError, TrainConfig
 from qagrel_cli.core.data import RawData, make_splits
-from qagrel_cli.core.training import Trainer, train
+from qagrel_cli.core.trainer import Trainer
+from qagrel_cli.core.training import train
 
 from conftest import FULL_MNIST, REPO
 

@@ -1,6 +1,6 @@
 """Where a result came from: the qagrel version and the git commit of the source that produced it.
 
-Every run's summary records both (core/training.py), `qagrel --version` prints them, and `qagrel report`
+Every run's summary records both (core/run_lifecycle.py), `qagrel --version` prints them, and `qagrel report`
 names them for the report's own provenance: one definition of each.
 """
 
