@@ -22,20 +22,16 @@ Ray, which is the `--workers` figure divided by the number of such machines.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, Dataset, TrainConfig
-from qagrel_cli.core.stopping import RunProgress
 from qagrel_cli.core.device import resolve_device
 from qagrel_cli.core.timing import Cost, calibrate, calibrate_pack, distinct_networks
 from qagrel_cli.reports.rows import TABLE1_FIELDS, format_duration, row_key
