@@ -135,13 +135,18 @@ def test_table1_cifar100_is_exactly_the_cifar100_runs_of_table1():
     assert cifar100 == table1 and len(cifar100) == 8 * 10
 
 
-def test_table1_cpu_runs_the_mnist_rows_at_10_seeds_cifar10_conv_at_3_and_literal_bp_at_3():
-    seeds = Counter((c.dataset.value, c.arch.value, c.rule.value, c.optimizer.value)
+def test_table1_cpu_runs_the_first_rows_at_10_or_3_seeds_and_the_other_twelve_at_3():
+    seeds = Counter((c.dataset.value, c.arch.value, "-".join(map(str, c.fc)), c.rule.value, c.optimizer.value)
                     for c in load_sweep(REPO / "sweeps" / "table1-cpu.yaml").configs)
-    assert seeds == {("mnist", "fc", "qagrel", "sgd"): 10, ("mnist", "fc", "bp", "sgd"): 10,
-                     ("mnist", "conv", "qagrel", "sgd"): 10, ("mnist", "conv", "bp", "adam"): 10,
-                     ("cifar10", "conv", "qagrel", "sgd"): 3, ("cifar10", "conv", "bp", "adam"): 3,
-                     ("mnist", "conv", "bp", "sgd"): 3, ("cifar10", "conv", "bp", "sgd"): 3}
+    first = {("mnist", "fc", "1500-1000-500", "qagrel", "sgd"): 10, ("mnist", "fc", "1500-1000-500", "bp", "sgd"): 10,
+             ("mnist", "conv", "500", "qagrel", "sgd"): 10, ("mnist", "conv", "500", "bp", "adam"): 10,
+             ("cifar10", "conv", "500", "qagrel", "sgd"): 3, ("cifar10", "conv", "500", "bp", "adam"): 3,
+             ("mnist", "conv", "500", "bp", "sgd"): 3, ("cifar10", "conv", "500", "bp", "sgd"): 3}
+    rest = {(dataset, arch, fc, rule, "adam" if rule == "bp" else "sgd"): 3
+            for dataset in ("mnist", "cifar10") for arch, fc in (("conv", "1000-500"), ("loccon", "500"),
+                                                                  ("loccon", "1000-500"))
+            for rule in ("qagrel", "bp")}
+    assert seeds == first | rest
 
 
 def test_grid_is_the_cartesian_product_of_listed_values(tmp_path):
