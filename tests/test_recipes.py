@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from qagrel_cli.cli import app
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.config import QagrelError, TrainConfig
-from qagrel_cli.core.recipes import recipe_options, with_recipe
+from qagrel_cli.core.recipes import recipe_label, recipe_options, with_recipe
 from qagrel_cli.core.stopping import RunProgress, note_validation, replay
 from qagrel_cli.reports.table import build_table
 from qagrel_cli.sweeps.results import read_results
@@ -97,6 +97,19 @@ def test_validation_test_stops_on_the_test_accuracy():
     test = replay(log, TrainConfig(patience=1, validation="test"))
     assert (held_out.progress.best_epoch, held_out.progress.epoch) == (1, 2)
     assert (test.progress.best_epoch, test.progress.test_acc_at_best, test.progress.epoch) == (2, 0.6, 3)
+
+
+def recipe_config(**options) -> TrainConfig:
+    return TrainConfig.from_dict(with_recipe({"dataset": "cifar10", "arch": "conv", **options}))
+
+
+def test_a_run_is_labelled_with_the_recipe_it_departs_from_least():
+    assert recipe_label(recipe_config()) == "paper"
+    assert recipe_label(recipe_config(recipe="brainprop")) == "brainprop"
+    # stopped on the held-out set as the paper stops: still the recipe, with that one departure named
+    assert recipe_label(recipe_config(recipe="brainprop", validation="held-out", padding="valid")) == \
+        "brainprop but padding valid, validation held-out"
+    assert recipe_label(recipe_config(batch_norm=True)) == "paper"  # one component alone is the paper's text
 
 
 def test_train_recipe_option_shows_in_help_and_refuses_an_unknown_recipe():

@@ -55,10 +55,19 @@ def recipe_options(name: str, arch: Arch | str) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
+def _departures(config: TrainConfig, name: str) -> list[str]:
+    """The recipe settings in which `config` departs from recipe `name` for its row, e.g. ['padding valid']."""
+    values = config.to_dict()
+    recipe = TrainConfig(**{**recipe_options(name, config.arch), "arch": config.arch, "rule": config.rule,
+                            "dataset": config.dataset, "fc": config.fc}).to_dict()
+    return [f"{field} {values[field]}" for field in (*RECIPE_FIELDS, "init_sd")
+            if values[field] != recipe[field] and not (field == "init_sd" and values["init"] != "normal")]
+
+
 def follows_brainprop(config: TrainConfig) -> bool:
     """Whether `config` is a run of the authors' later recipe, whole or with components taken back to the
-    paper's: recognised by the test set as validation set, which nothing else in qagrel uses."""
-    return config.validation == Validation.test
+    paper's: it departs from that recipe in fewer settings than from the paper's text."""
+    return len(_departures(config, Recipe.brainprop.value)) < len(_departures(config, Recipe.paper.value))
 
 
 def recipe_label(config: TrainConfig) -> str:
@@ -66,11 +75,7 @@ def recipe_label(config: TrainConfig) -> str:
     which it departs from the recipe (e.g. 'brainprop but batch_norm False')."""
     if not follows_brainprop(config):
         return "paper"
-    values = config.to_dict()
-    recipe = TrainConfig(**{**recipe_options("brainprop", config.arch), "arch": config.arch, "rule": config.rule,
-                            "dataset": config.dataset}).to_dict()
-    departures = [f"{name} {values[name]}" for name in (*RECIPE_FIELDS, "init_sd")
-                  if values[name] != recipe[name] and not (name == "init_sd" and values["init"] != "normal")]
+    departures = _departures(config, Recipe.brainprop.value)
     return "brainprop" + (f" but {', '.join(departures)}" if departures else "")
 
 
