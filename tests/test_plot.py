@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import Arch, TrainConfig
+from qagrel_cli.core.recipes import with_recipe
 from qagrel_cli.reports.plot import BP_ANGLES, AfterStop, Metric, PlotFormat, aggregate, plot
 from qagrel_cli.core.run_folder import read_log, write_config, write_log, write_summary
 
@@ -158,6 +159,25 @@ def test_a_reading_keeps_its_label_in_every_panel_even_where_it_is_the_only_one(
     bp = table[table["rule"] == "bp"].drop_duplicates(["dataset", "variant"])
     assert bp[["dataset", "variant"]].values.tolist() == [  # the default (literal) reading first
         ["cifar10", "optimizer=sgd"], ["cifar10", "optimizer=adam"], ["cifar100", "optimizer=sgd"]]
+
+
+def test_runs_of_another_padding_get_their_own_panel_named_for_their_hidden_units(tmp_path):
+    root = make_sweep(tmp_path / "sweep")
+    make_run(root, "bp", 0, 0.5, 0.01, 4, padding="same")
+    table = pd.read_csv(plot(root, tmp_path / "figs").csv)
+    same = table[table["panel"] == "cifar10-conv-500-same"]
+    assert set(same["hidden_units"]) == {"32768-8192-500"} and set(same["rule"]) == {"bp"}
+    assert set(table.loc[table["panel"] == "cifar10-conv-500", "hidden_units"]) == {"28800-7200-500"}
+
+
+def test_a_recipe_run_s_curve_is_named_by_its_recipe_and_departures(tmp_path):
+    recipe = with_recipe({"recipe": "brainprop"})
+    make_run(tmp_path, "qagrel", 0, 0.2, 0.01, 4, **recipe)
+    make_run(tmp_path, "qagrel", 0, 0.1, 0.01, 4, **{**recipe, "batch_norm": False})
+    make_run(tmp_path, "qagrel", 0, 0.1, 0.01, 4, **{**recipe, "max_epochs": 30})
+    table = pd.read_csv(plot(tmp_path, tmp_path / "figs").csv)
+    assert sorted(table["variant"].unique()) == ["brainprop but batch_norm False, max_epochs=500",
+                                                 "brainprop, max_epochs=30", "brainprop, max_epochs=500"]
 
 
 def test_an_init_range_that_follows_from_the_init_is_no_reading_of_its_own(tmp_path):

@@ -607,6 +607,14 @@ def test_compare_gives_no_paper_values_to_a_row_off_the_papers_protocol(tmp_path
     assert line.split(" | ")[6:8] == ["–", "–"]  # the paper's epochs and their difference
 
 
+def test_a_note_counts_the_rows_it_keeps_from_the_paper_where_naming_them_would_outgrow_the_table(tmp_path):
+    for dropout in (0.2, 0.3, 0.5, 0.8):  # an open reading: four rows the paper's values would otherwise meet
+        three_seeds(tmp_path, max_epochs=4, conv_dropout=dropout)
+    table = table_of(tmp_path, compare=True)
+    assert [n for n in table.notes() if n.startswith("No paper values")] == [
+        "No paper values for 4 rows (not the paper's protocol): max_epochs 4 (paper 500)."]
+
+
 @pytest.mark.parametrize("reading", [{"input_scaling": "standardize"}, {"init": "he"},
                                      {"rule": "bp", "optimizer": "adam"}, {"conv_dropout": 0.2}])
 def test_the_open_readings_of_the_paper_stay_comparable_with_it(tmp_path, reading):

@@ -40,6 +40,7 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core.run_folder import ANGLE_PREFIX, BP_ANGLE_PREFIX
 from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError,
                                     Rule, parse_fc)
+from qagrel_cli.core.recipes import RECIPE_FIELDS, follows_brainprop, recipe_label
 from qagrel_cli.reports.rows import readings_order, setting_order, settings
 from qagrel_cli.sweeps.results import RunRecord, read_results
 
@@ -69,13 +70,18 @@ METRIC_COLUMN = {Metric.train: "train_reward", Metric.val: "val_acc", Metric.tes
 METRIC_LABEL = {Metric.train: "P(reward) or 1 − error (train)", Metric.val: "validation accuracy",
                 Metric.test: "test accuracy"}
 FIGURES_FOLDER = "_figures"  # beside the runs plotted; '_' keeps it out of pd.read_parquet(<results folder>)
-# Q-AGREL curves in blues/greens, BP in oranges/reds, as far as the variants of a rule go.
-_COLORS = {Rule.qagrel.value: ("#1f77b4", "#2ca02c", "#17becf", "#9467bd"),
-           Rule.bp.value: ("#ff7f0e", "#d62728", "#8c564b", "#e377c2")}
+# One line style per rule and one colour per reading (variant): a reading that both rules ran (e.g. one
+# recipe) has one colour, and a rule keeps its style however many readings a panel holds.
+_RULE_STYLES = {Rule.qagrel.value: "-", Rule.bp.value: "--", Rule.fa.value: ":", Rule.dfa.value: "-."}
+_VARIANT_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                   "#bcbd22", "#7f7f7f")
 # Config fields that name the panel or the rule, or only tell seeds apart. Any other field that
 # differs between runs of one rule in one panel (lr, feedback, ...) gives that rule one curve per value:
-# pooling such runs as if they were seeds would report a spread that no single setting has.
-_NOT_VARIANT = frozenset({"dataset", "arch", "fc", "rule", "seed", "device"})
+# pooling such runs as if they were seeds would report a spread that no single setting has. The padding
+# names the panel because it sets the hidden units that title it.
+_NOT_VARIANT = frozenset({"dataset", "arch", "fc", "padding", "rule", "seed", "device"})
+# Settings a recipe label names (recipes.recipe_label): a curve of a recipe's run is labelled by it.
+_RECIPE_NAMED = frozenset({*RECIPE_FIELDS, "init_sd", "init_range"})
 CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "rule", "variant", "epoch", "n", "mean", "sd",
                "lower", "upper")
 # The angle figures: one curve per (feedback mode, layer), or per (rule, layer) for the angles to Error-BP's
@@ -270,11 +276,9 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
     fields = {rule: sorted({f for _, group in panels for f in _varying([r for r in group if r.config["rule"] == rule])},
                            key=CONFIG_FIELDS.index)
               for rule in by_rule}
-    colors = {}
-    for rule, rule_fields in fields.items():
-        variants = _variants(by_rule[rule], rule_fields)
-        palette = _COLORS.get(rule, ("#7f7f7f",))
-        colors.update({(rule, variant): palette[k % len(palette)] for k, variant in enumerate(variants)})
+    labels = list(dict.fromkeys(variant for rule, rule_fields in fields.items()
+                                for variant in _variants(by_rule[rule], rule_fields)))
+    colors = {variant: _VARIANT_COLORS[k % len(_VARIANT_COLORS)] for k, variant in enumerate(labels)}
     tables = []
     for ax, panel_runs in panels:
         tables.append(_draw_panel(ax, panel_runs, METRIC_COLUMN[metric], after_stop, fields, colors))
@@ -411,9 +415,9 @@ def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Se
 
 
 def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterStop, fields: dict[str, list[str]],
-                colors: dict[tuple[str, str], str]) -> pd.DataFrame:
-    """Mean line and +/- 2 SD band per rule and variant (its values of `fields[rule]`) on `ax`, coloured by
-    `colors`; returns the plotted numbers."""
+                colors: dict[str, str]) -> pd.DataFrame:
+    """Mean line and +/- 2 SD band per rule (its line style) and variant (its values of `fields[rule]`,
+    coloured by `colors`) on `ax`; returns the plotted numbers."""
     panel = _panel_columns(ax, runs[0])
     by_rule: dict[str, list[_Run]] = defaultdict(list)
     for run in runs:
@@ -422,9 +426,9 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
     for rule in sorted(by_rule, key=lambda r: setting_order("rule", r)):
         for variant, group in _variants(by_rule[rule], fields[rule]).items():
             stats = aggregate([r.curve(column) for r in group], after_stop)
-            color = colors[(rule, variant)]
+            color = colors[variant]
             label = f"{RULE_NAMES.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
-            ax.plot(stats["epoch"], stats["mean"], color=color, label=label)
+            ax.plot(stats["epoch"], stats["mean"], color=color, linestyle=_RULE_STYLES.get(rule, "-"), label=label)
             # Drawn within [0, 1], where every metric of this figure lives; the CSV keeps the band as computed.
             ax.fill_between(stats["epoch"], stats["lower"].clip(0, 1), stats["upper"].clip(0, 1), color=color,
                             alpha=0.25, linewidth=0)
@@ -468,26 +472,27 @@ def _panel_grid(runs: Sequence[_Run]) -> tuple[Figure, list[tuple[Axes, list[_Ru
     """A figure with one panel per dataset (columns) and architecture/hidden-units group (rows), panels with no
     runs hidden; returns it, each drawn panel with its runs (row by row), and the figure's width in inches."""
     panels = _panels(runs)
-    columns = sorted({d for d, _, _ in panels}, key=lambda d: setting_order("dataset", d))
-    rows = sorted({(a, fc) for _, a, fc in panels}, key=lambda g: (setting_order("arch", g[0]), g[1]))
+    columns = sorted({d for d, _, _, _ in panels}, key=lambda d: setting_order("dataset", d))
+    rows = sorted({(a, fc, pad) for _, a, fc, pad in panels},
+                  key=lambda g: (setting_order("arch", g[0]), g[1], setting_order("padding", g[2])))
     width = max(6.4, 4.6 * len(columns))  # one panel alone still has room for the title and caption
     fig = _figure(figsize=(width, 3.5 * len(rows) + 0.7))
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
     drawn = []
-    for i, (arch, fc) in enumerate(rows):
+    for i, (arch, fc, padding) in enumerate(rows):
         for j, dataset in enumerate(columns):
-            if (dataset, arch, fc) in panels:
-                drawn.append((axes[i][j], panels[(dataset, arch, fc)]))
+            if (dataset, arch, fc, padding) in panels:
+                drawn.append((axes[i][j], panels[(dataset, arch, fc, padding)]))
             else:
                 axes[i][j].set_axis_off()  # e.g. the fc networks were only run on MNIST
     return fig, drawn, width
 
 
-def _panels(runs: Sequence[_Run]) -> dict[tuple[str, str, tuple[int, ...]], list[_Run]]:
-    """The runs by panel: (dataset, arch, fc sizes)."""
-    panels: dict[tuple[str, str, tuple[int, ...]], list[_Run]] = defaultdict(list)
+def _panels(runs: Sequence[_Run]) -> dict[tuple[str, str, tuple[int, ...], str], list[_Run]]:
+    """The runs by panel: (dataset, arch, fc sizes, first layer's padding), which give the hidden units."""
+    panels: dict[tuple[str, str, tuple[int, ...], str], list[_Run]] = defaultdict(list)
     for run in runs:
-        panels[(str(run.config["dataset"]), str(run.config["arch"]), run.fc)].append(run)
+        panels[(str(run.config["dataset"]), str(run.config["arch"]), run.fc, str(run.config["padding"]))].append(run)
     return panels
 
 
@@ -495,7 +500,9 @@ def _panel_columns(ax: Axes, first: _Run) -> dict[str, str]:
     """Title `ax` with the panel's dataset, architecture and hidden units; returns the CSV's panel columns."""
     dataset, arch = str(first.config["dataset"]), str(first.config["arch"])
     ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}\n{arch} {first.hidden_units}", fontsize="medium")
-    return {"panel": f"{dataset}-{arch}-{'-'.join(map(str, first.fc))}", "dataset": dataset, "arch": arch,
+    # The padding names the panel only where it is not the paper's (valid): Table 1's panels keep their names.
+    padding = "" if str(first.config["padding"]) == "valid" else f"-{first.config['padding']}"
+    return {"panel": f"{dataset}-{arch}-{'-'.join(map(str, first.fc))}{padding}", "dataset": dataset, "arch": arch,
             "hidden_units": first.hidden_units}
 
 
@@ -505,12 +512,21 @@ def _varying(runs: Sequence[_Run], ignore: frozenset[str] = _NOT_VARIANT) -> lis
 
 
 def _variants(runs: Sequence[_Run], fields: Sequence[str]) -> dict[str, list[_Run]]:
-    """Group runs by their values of `fields`: 'lr=0.1' -> runs; the defaults (the literal reading) first."""
+    """Group runs by their values of `fields`: 'lr=0.1' -> runs; the defaults (the literal reading) first.
+    Runs of a recipe are named by it ('brainprop but padding valid') and the other fields that differ."""
     groups: dict[tuple, list[_Run]] = defaultdict(list)
     for run in runs:
         groups[tuple((f, run.config.get(f)) for f in fields)].append(run)
-    return {", ".join(f"{f}={v}" for f, v in values): groups[values]
+    return {_variant_label(values, groups[values][0]): groups[values]
             for values in sorted(groups, key=lambda values: readings_order(values))}
+
+
+def _variant_label(values: tuple[tuple[str, Any], ...], run: _Run) -> str:
+    """'lr=0.1, optimizer=adam'; for a run of a recipe, its recipe label and the settings it does not name."""
+    if not values or not follows_brainprop(run.record.config):
+        return ", ".join(f"{f}={v}" for f, v in values)
+    rest = [f"{f}={v}" for f, v in values if f not in _RECIPE_NAMED]
+    return ", ".join([recipe_label(run.record.config), *rest])
 
 
 _LEGEND_LINE_INCHES = 0.2  # one line of a small-font legend, with its spacing

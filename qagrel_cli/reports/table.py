@@ -221,8 +221,12 @@ class ResultTable:
                 extras = [f"{name.replace('_', ' ')} {cell}" for (name, _), cell in zip(row.key.extras, cells[5:])]
                 label = " ".join([*cells[:4], f"α {cells[4]}", *extras])
                 rows_by_reason.setdefault(row.differs, []).append(label)
-        return [f"No paper values for {'; '.join(rows)} (not the paper's protocol): {', '.join(reason)}."
-                for reason, rows in rows_by_reason.items()]
+        # Past a few rows a list of labels is longer than the table it explains: count them instead.
+        return [f"No paper values for {'; '.join(rows) if len(rows) <= _NAMED_ROWS else f'{len(rows)} rows'} (not "
+                f"the paper's protocol): {', '.join(reason)}." for reason, rows in rows_by_reason.items()]
+
+
+_NAMED_ROWS = 3  # a note names at most this many rows it keeps from the paper's values
 
 
 def build_table(records: list[RunRecord], *, source: str = "", epochs_at: EpochsAt = EpochsAt.stop,
