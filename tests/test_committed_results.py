@@ -29,7 +29,7 @@ from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, load_sweep
 REPO = Path(__file__).resolve().parent.parent
 COMPLETE_STUDIES = ["bp-step", "dropout", "feedback", "patience", "protocol", "smoke"]
 # The studies whose progress README and reproduction.md count in words ("N of M runs are in"), if any.
-IN_PROGRESS: tuple[str, ...] = ("table1-cpu", "recipe")
+IN_PROGRESS: tuple[str, ...] = ("table1-cpu", "recipe", "rules")
 PROGRESS_WORDS = re.compile(r"(\d+) of (\d+) runs are (?:in|finished)")
 runner = CliRunner()
 
