@@ -28,7 +28,7 @@ from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 COMPLETE_STUDIES = ["bp-step", "dropout", "feedback", "patience", "protocol", "smoke"]
-# The studies whose progress README and reproduction.md count in words ("N of M runs are in"), if any.
+# The studies whose progress README and docs/ count in words ("N of M runs are in"), if any.
 IN_PROGRESS: tuple[str, ...] = ("table1-cpu", "recipe", "rules")
 PROGRESS_WORDS = re.compile(r"(\d+) of (\d+) runs are (?:in|finished)")
 runner = CliRunner()
@@ -80,7 +80,7 @@ def test_table_of_the_committed_study_renders_every_row_of_its_sweep_with_all_it
 
 def test_the_docs_count_the_runs_of_the_study_in_progress_that_are_committed():
     counts = [(doc.name, int(counted), int(total))
-              for doc in (REPO / "README.md", REPO / "docs" / "reproduction.md")
+              for doc in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
               for counted, total in PROGRESS_WORDS.findall(doc.read_text(encoding="utf-8"))]
     progress = set()
     for study in IN_PROGRESS:
