@@ -59,6 +59,7 @@ class RuleInfo:
     vmappable: bool  # a vmapped seed pack (the GPU strategy) can train it
     lr: dict[tuple[str, str], float]  # default alpha by (alpha family of the arch, dataset family)
     why_not: str  # why it ignores the settings it does not read
+    line: str = "-"  # its line style in figures (matplotlib's), so each rule reads apart in every panel
 
 
 # Table 1's alphas: (alpha family, dataset family) -> alpha. The paper has no fc net on CIFAR; its MNIST
@@ -72,15 +73,16 @@ RULES: dict[Rule, RuleInfo] = {info.name: info for info in (
              "Q-AGREL applies its four-factor update directly"),
     RuleInfo(Rule.bp, "Error-BP", "error-backpropagation: softmax cross-entropy, autograd through W",
              frozenset({"optimizer"}), True, FeedbackSource.unused, True, _BP_LR,
-             "Error-BP selects no action and sends its error through W, never W'"),
+             "Error-BP selects no action and sends its error through W, never W'", "--"),
     # Feedback alignment (Lillicrap et al. 2016) and its direct variant (Nokland 2016) learn Error-BP's
     # objective, so they start from Error-BP's alpha (docs/rules.md).
     RuleInfo(Rule.fa, "FA", "feedback alignment: Error-BP's output error sent down through fixed random W'",
              frozenset({"optimizer"}), True, FeedbackSource.fixed, False, _BP_LR,
-             "feedback alignment selects no action and its W' is fixed random by definition"),
+             "feedback alignment selects no action and its W' is fixed random by definition", ":"),
     RuleInfo(Rule.dfa, "DFA", "direct feedback alignment: the output error sent to every hidden layer by a "
              "fixed random matrix of its own", frozenset({"optimizer"}), True, FeedbackSource.direct, False, _BP_LR,
-             "direct feedback alignment selects no action and sends its error by fixed random matrices of its own"),
+             "direct feedback alignment selects no action and sends its error by fixed random matrices of its own",
+             "-."),
 )}
 
 

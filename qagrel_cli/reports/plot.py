@@ -39,7 +39,7 @@ import pandas as pd
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.run_folder import ANGLE_PREFIX, BP_ANGLE_PREFIX
 from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError,
-                                    Rule, parse_fc)
+                                    Rule, parse_fc, rule_info)
 from qagrel_cli.core.recipes import RECIPE_FIELDS, follows_brainprop, recipe_label
 from qagrel_cli.reports.rows import readings_order, setting_order, settings
 from qagrel_cli.sweeps.results import RunRecord, read_results
@@ -70,9 +70,8 @@ METRIC_COLUMN = {Metric.train: "train_reward", Metric.val: "val_acc", Metric.tes
 METRIC_LABEL = {Metric.train: "P(reward) or 1 − error (train)", Metric.val: "validation accuracy",
                 Metric.test: "test accuracy"}
 FIGURES_FOLDER = "_figures"  # beside the runs plotted; '_' keeps it out of pd.read_parquet(<results folder>)
-# One line style per rule and one colour per reading (variant): a reading that both rules ran (e.g. one
-# recipe) has one colour, and a rule keeps its style however many readings a panel holds.
-_RULE_STYLES = {Rule.qagrel.value: "-", Rule.bp.value: "--", Rule.fa.value: ":", Rule.dfa.value: "-."}
+# One colour per reading (variant) and one line style per rule (its record's): a reading that both rules
+# ran (e.g. one recipe) has one colour, and a rule keeps its style however many readings a panel holds.
 _VARIANT_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                    "#bcbd22", "#7f7f7f")
 # Config fields that name the panel or the rule, or only tell seeds apart. Any other field that
@@ -428,7 +427,7 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
             stats = aggregate([r.curve(column) for r in group], after_stop)
             color = colors[variant]
             label = f"{RULE_NAMES.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
-            ax.plot(stats["epoch"], stats["mean"], color=color, linestyle=_RULE_STYLES.get(rule, "-"), label=label)
+            ax.plot(stats["epoch"], stats["mean"], color=color, linestyle=rule_info(rule).line, label=label)
             # Drawn within [0, 1], where every metric of this figure lives; the CSV keeps the band as computed.
             ax.fill_between(stats["epoch"], stats["lower"].clip(0, 1), stats["upper"].clip(0, 1), color=color,
                             alpha=0.25, linewidth=0)
