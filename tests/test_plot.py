@@ -180,6 +180,28 @@ def test_a_recipe_run_s_curve_is_named_by_its_recipe_and_departures(tmp_path):
                                                  "brainprop, max_epochs=30", "brainprop, max_epochs=500"]
 
 
+def test_recipe_runs_that_differ_only_in_padding_are_each_named_in_their_own_panel(tmp_path):
+    recipe = with_recipe({"recipe": "brainprop"})
+    make_run(tmp_path, "bp", 0, 0.2, 0.01, 4, **recipe)
+    make_run(tmp_path, "bp", 0, 0.1, 0.01, 4, **{**recipe, "padding": "valid"})
+    make_run(tmp_path, "bp", 0, 0.1, 0.01, 4, **{**recipe, "batch_norm": False})
+    table = pd.read_csv(plot(tmp_path, tmp_path / "figs").csv)
+    assert table.drop_duplicates("variant").set_index("variant")["panel"].to_dict() == {
+        "brainprop": "cifar10-conv-500-same", "brainprop but batch_norm False": "cifar10-conv-500-same",
+        "brainprop but padding valid": "cifar10-conv-500"}
+
+
+def test_a_reading_both_rules_ran_has_one_label_though_only_one_rule_ran_others(tmp_path):
+    recipe = with_recipe({"recipe": "brainprop"})
+    make_run(tmp_path, "qagrel", 0, 0.2, 0.01, 4, **recipe)
+    make_run(tmp_path, "qagrel", 0, 0.1, 0.01, 4, **{**recipe, "max_epochs": 30})
+    make_run(tmp_path, "bp", 0, 0.3, 0.01, 4, **recipe)
+    table = pd.read_csv(plot(tmp_path, tmp_path / "figs").csv)
+    labels = table.drop_duplicates(["rule", "variant"]).groupby("rule")["variant"].apply(sorted).to_dict()
+    assert labels == {"bp": ["brainprop, max_epochs=500"],
+                      "qagrel": ["brainprop, max_epochs=30", "brainprop, max_epochs=500"]}
+
+
 def test_an_init_range_that_follows_from_the_init_is_no_reading_of_its_own(tmp_path):
     root = make_sweep(tmp_path / "sweep")
     for seed, (a, b, stop) in enumerate(BP_SEEDS):
@@ -287,7 +309,8 @@ def test_each_protocol_reading_gets_its_own_curve_and_runs_of_old_configs_count_
     table = pd.read_csv(plot(root, tmp_path / "figs").csv)
     assert sorted(table.loc[table["rule"] == "bp", "variant"].unique()) == ["input_scaling=standardize",
                                                                             "input_scaling=unit"]
-    assert table.loc[table["rule"] == "qagrel", "variant"].isna().all()  # one Q-AGREL reading: one curve
+    # one Q-AGREL reading, one curve, named as Error-BP's curve of the same reading is
+    assert set(table.loc[table["rule"] == "qagrel", "variant"]) == {"input_scaling=unit"}
     assert_csv_curve(table[table["variant"] == "input_scaling=unit"], "bp", expected(BP_SEEDS, "hold"))
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.run_folder import ANGLE_PREFIX, BP_ANGLE_PREFIX
 from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError,
-                                    Rule, parse_fc, rule_info)
+                                    Rule, parse_fc, reads, rule_info)
 from qagrel_cli.core.recipes import RECIPE_FIELDS, follows_brainprop, recipe_label
 from qagrel_cli.reports.rows import readings_order, setting_order, settings
 from qagrel_cli.sweeps.results import RunRecord, read_results
@@ -272,11 +272,15 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
     by_rule: dict[str, list[_Run]] = defaultdict(list)
     for run in runs:
         by_rule[str(run.config["rule"])].append(run)
-    fields = {rule: sorted({f for _, group in panels for f in _varying([r for r in group if r.config["rule"] == rule])},
-                           key=CONFIG_FIELDS.index)
-              for rule in by_rule}
-    labels = list(dict.fromkeys(variant for rule, rule_fields in fields.items()
-                                for variant in _variants(by_rule[rule], rule_fields)))
+    # A reading is the values of the settings that differ between one rule's runs in a panel, for every rule
+    # alike (alpha differs between rules by Table 1, not between readings), so one reading of both rules is
+    # one label and one colour; a rule is labelled only by the settings it reads.
+    differing = sorted({f for _, group in panels for rule in by_rule
+                        for f in _varying([r for r in group if r.config["rule"] == rule])}, key=CONFIG_FIELDS.index)
+    fields = {rule: [f for f in differing if reads(rule, f)] for rule in by_rule}
+    # The labels as each panel draws them (a recipe's label names its padding, which splits panels, not curves).
+    labels = list(dict.fromkeys(variant for _, group in panels for rule, rule_fields in fields.items()
+                                for variant in _variants([r for r in group if r.config["rule"] == rule], rule_fields)))
     colors = {variant: _VARIANT_COLORS[k % len(_VARIANT_COLORS)] for k, variant in enumerate(labels)}
     tables = []
     for ax, panel_runs in panels:
