@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Mapping
 
-from qagrel_cli.core.config import Arch, QagrelError, TrainConfig, Validation
+from qagrel_cli.core.config import Arch, QagrelError, TrainConfig
 
 
 class Recipe(str, Enum):

@@ -39,7 +39,7 @@ import pandas as pd
 from qagrel_cli.core import run_folder
 from qagrel_cli.core.run_folder import ANGLE_PREFIX, BP_ANGLE_PREFIX
 from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError,
-                                    Rule, parse_fc, reads, rule_info)
+                                    Padding, Rule, parse_fc, reads, rule_info)
 from qagrel_cli.core.recipes import RECIPE_FIELDS, follows_brainprop, recipe_label
 from qagrel_cli.reports.rows import readings_order, setting_order, settings
 from qagrel_cli.sweeps.results import RunRecord, read_results
@@ -269,18 +269,15 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
     """Draw one panel per dataset (columns) and architecture/hidden-units group (rows); write figure and CSV."""
     fig, panels, width = _panel_grid(runs)
     # One label and one colour per rule and reading across all panels, so a colour means the same everywhere.
-    by_rule: dict[str, list[_Run]] = defaultdict(list)
-    for run in runs:
-        by_rule[str(run.config["rule"])].append(run)
     # A reading is the values of the settings that differ between one rule's runs in a panel, for every rule
     # alike (alpha differs between rules by Table 1, not between readings), so one reading of both rules is
     # one label and one colour; a rule is labelled only by the settings it reads.
-    differing = sorted({f for _, group in panels for rule in by_rule
-                        for f in _varying([r for r in group if r.config["rule"] == rule])}, key=CONFIG_FIELDS.index)
-    fields = {rule: [f for f in differing if reads(rule, f)] for rule in by_rule}
+    differing = sorted({f for _, group in panels for rule_runs in _by_rule(group).values() for f in _varying(rule_runs)},
+                       key=CONFIG_FIELDS.index)
+    fields = {rule: [f for f in differing if reads(rule, f)] for rule in _by_rule(runs)}
     # The labels as each panel draws them (a recipe's label names its padding, which splits panels, not curves).
-    labels = list(dict.fromkeys(variant for _, group in panels for rule, rule_fields in fields.items()
-                                for variant in _variants([r for r in group if r.config["rule"] == rule], rule_fields)))
+    labels = list(dict.fromkeys(variant for _, group in panels for rule, rule_runs in _by_rule(group).items()
+                                for variant in _variants(rule_runs, fields[rule])))
     colors = {variant: _VARIANT_COLORS[k % len(_VARIANT_COLORS)] for k, variant in enumerate(labels)}
     tables = []
     for ax, panel_runs in panels:
@@ -422,12 +419,9 @@ def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterSt
     """Mean line and +/- 2 SD band per rule (its line style) and variant (its values of `fields[rule]`,
     coloured by `colors`) on `ax`; returns the plotted numbers."""
     panel = _panel_columns(ax, runs[0])
-    by_rule: dict[str, list[_Run]] = defaultdict(list)
-    for run in runs:
-        by_rule[str(run.config["rule"])].append(run)
     tables = []
-    for rule in sorted(by_rule, key=lambda r: setting_order("rule", r)):
-        for variant, group in _variants(by_rule[rule], fields[rule]).items():
+    for rule, rule_runs in _by_rule(runs).items():
+        for variant, group in _variants(rule_runs, fields[rule]).items():
             stats = aggregate([r.curve(column) for r in group], after_stop)
             color = colors[variant]
             label = f"{RULE_NAMES.get(rule, rule)}{f' ({variant})' if variant else ''}, n={len(group)}"
@@ -504,9 +498,17 @@ def _panel_columns(ax: Axes, first: _Run) -> dict[str, str]:
     dataset, arch = str(first.config["dataset"]), str(first.config["arch"])
     ax.set_title(f"{DATASET_NAMES.get(dataset, dataset)}\n{arch} {first.hidden_units}", fontsize="medium")
     # The padding names the panel only where it is not the paper's (valid): Table 1's panels keep their names.
-    padding = "" if str(first.config["padding"]) == "valid" else f"-{first.config['padding']}"
+    padding = "" if str(first.config["padding"]) == Padding.valid.value else f"-{first.config['padding']}"
     return {"panel": f"{dataset}-{arch}-{'-'.join(map(str, first.fc))}{padding}", "dataset": dataset, "arch": arch,
             "hidden_units": first.hidden_units}
+
+
+def _by_rule(runs: Sequence[_Run]) -> dict[str, list[_Run]]:
+    """The runs by rule, in Table 1's order of rules."""
+    groups: dict[str, list[_Run]] = defaultdict(list)
+    for run in runs:
+        groups[str(run.config["rule"])].append(run)
+    return {rule: groups[rule] for rule in sorted(groups, key=lambda r: setting_order("rule", r))}
 
 
 def _varying(runs: Sequence[_Run], ignore: frozenset[str] = _NOT_VARIANT) -> list[str]:
