@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.core.recipes import with_recipe
 from qagrel_cli.core.run_folder import CHECKPOINT_FILE, ERROR_FILE
 from qagrel_cli.reports import estimate as estimate_module
 from qagrel_cli.reports.estimate import estimate_sweep, expected_epochs, print_estimate, runs_left
@@ -58,6 +59,14 @@ def test_expected_epochs_are_the_papers_mean_for_a_table1_row_capped_at_max_epoc
     assert expected_epochs(TrainConfig(arch="conv", rule="qagrel")) == (44.0, "paper")
     assert expected_epochs(TrainConfig(arch="conv", rule="qagrel", max_epochs=10)) == (10.0, "max_epochs")
     assert expected_epochs(TrainConfig(arch="conv", rule="qagrel", lr=0.3)) == (500.0, "max_epochs")
+
+
+def test_a_recipe_run_expects_its_table1_rows_epochs_plus_what_its_longer_patience_waits():
+    # Table 1: MNIST, Q-AGREL, conv, 21632-5408-500: 44 epochs at patience 20; the recipe waits 45 (alpha 0.1).
+    recipe = TrainConfig.from_dict(with_recipe({"arch": "conv", "rule": "qagrel", "recipe": "brainprop",
+                                                "padding": "valid"}))
+    assert expected_epochs(recipe) == (44.0 + 25, "paper + 25")
+    assert expected_epochs(TrainConfig(arch="conv", rule="qagrel", patience=30)) == (54.0, "paper + 10")
 
 
 def test_estimate_without_dry_run_is_an_error(tmp_path):

@@ -180,6 +180,16 @@ def test_a_recipe_run_s_curve_is_named_by_its_recipe_and_departures(tmp_path):
                                                  "brainprop, max_epochs=30", "brainprop, max_epochs=500"]
 
 
+def test_beside_a_recipe_run_a_run_of_the_papers_text_is_named_paper_not_by_every_setting_it_differs_in(tmp_path):
+    recipe = with_recipe({"recipe": "brainprop", "padding": "valid"})
+    make_run(tmp_path, "qagrel", 0, 0.2, 0.01, 4, **recipe)
+    make_run(tmp_path, "qagrel", 0, 0.1, 0.01, 4)
+    make_run(tmp_path, "qagrel", 1, 0.1, 0.01, 4, conv_dropout=0.5)
+    table = pd.read_csv(plot(tmp_path, tmp_path / "figs").csv)
+    assert sorted(table["variant"].unique()) == ["brainprop but padding valid", "paper",
+                                                 "paper but conv_dropout 0.5"]
+
+
 def test_recipe_runs_that_differ_only_in_padding_are_each_named_in_their_own_panel(tmp_path):
     recipe = with_recipe({"recipe": "brainprop"})
     make_run(tmp_path, "bp", 0, 0.2, 0.01, 4, **recipe)

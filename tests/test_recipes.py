@@ -109,7 +109,8 @@ def test_a_run_is_labelled_with_the_recipe_it_departs_from_least():
     # stopped on the held-out set as the paper stops: still the recipe, with that one departure named
     assert recipe_label(recipe_config(recipe="brainprop", validation="held-out", padding="valid")) == \
         "brainprop but padding valid, validation held-out"
-    assert recipe_label(recipe_config(batch_norm=True)) == "paper"  # one component alone is the paper's text
+    # one component alone is the paper's text with that departure named
+    assert recipe_label(recipe_config(batch_norm=True)) == "paper but batch_norm True"
 
 
 def test_train_recipe_option_shows_in_help_and_refuses_an_unknown_recipe():
@@ -140,6 +141,28 @@ def test_the_table_names_each_rows_recipe_and_sets_a_recipe_row_beside_table_1(t
     assert set(by_recipe) == {"paper", "brainprop but padding valid", "brainprop but batch_norm False, padding valid"}
     for row in table.rows:  # alpha 0.1, batch 128, patience 45: the recipe's readings, not departures
         assert row.paper is not None and row.paper.accuracy.mean == 99.17 and not row.differs
+
+
+def test_a_table_with_a_recipe_column_names_the_recipes_settings_in_it_not_in_columns_of_their_own(tmp_path):
+    fabricated_run(tmp_path, recipe="brainprop", padding="valid")
+    fabricated_run(tmp_path, recipe="brainprop", padding="valid", batch_norm=False)
+    fabricated_run(tmp_path, batch_norm=True)
+    fabricated_run(tmp_path, optimizer="adam", rule="bp")
+    table = build_table(read_results(tmp_path).runs, compare=True)
+    columns = {name for row in table.rows for name, _ in row.key.extras}
+    assert columns == {"recipe", "optimizer"}
+    assert {dict(row.key.extras)["recipe"] for row in table.rows} == {
+        "brainprop but padding valid", "brainprop but batch_norm False, padding valid", "paper but batch_norm True",
+        "paper"}
+
+
+def test_within_a_table_1_row_the_papers_recipe_comes_before_the_later_one_whatever_their_alphas(tmp_path):
+    fabricated_run(tmp_path, recipe="brainprop", padding="valid")  # alpha 0.1
+    fabricated_run(tmp_path, lr=0.01)  # the paper's recipe at an alpha below the later recipe's
+    fabricated_run(tmp_path)  # alpha 1.0
+    rows = build_table(read_results(tmp_path).runs, compare=True).rows
+    assert [(dict(row.key.extras)["recipe"], row.key.lr) for row in rows] == [
+        ("paper but lr 0.01", 0.01), ("paper", 1.0), ("brainprop but padding valid", 0.1)]
 
 
 def test_a_same_padding_row_shows_its_own_hidden_units_and_is_set_beside_table_1s_network(tmp_path):

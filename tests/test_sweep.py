@@ -28,7 +28,8 @@ from qagrel_cli.core.run_folder import is_locked, try_lock
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.sweep_file import load_sweep
 from qagrel_cli.reports.rows import row_key, row_key_fields
-from qagrel_cli.reports.table import paper_table
+from qagrel_cli.reports.table import paper_row, paper_table
+from qagrel_cli.core.recipes import follows_brainprop, recipe_label
 from qagrel_cli.sweeps.results import RunRecord
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def assert_no_premature_summary(dirs: list[Path]) -> None:
 
 # ------------------------------------------------------------ expansion
 
-TABLE1_FILES = ["table1.yaml", "table1-literal.yaml"]
+TABLE1_FILES = ["table1.yaml", "table1-literal.yaml", "table1-protocol.yaml"]
 
 
 @pytest.mark.parametrize("name", TABLE1_FILES)
@@ -98,35 +99,60 @@ def test_table1_rows_are_exactly_the_papers_rows(name):
     seeds: dict = {}
     for record in records:
         key = row_key(record, fields)
-        seeds.setdefault((key.dataset, key.rule, key.arch, key.hidden_units, key.lr), []).append(record.config.seed)
-    paper = {(p.key.dataset, p.key.rule, p.key.arch, p.key.hidden_units, p.key.lr) for p in paper_table()}
-    assert set(seeds) == paper
+        # A run of the authors' later recipe keeps its own alpha; the rest take Table 1's.
+        paper = paper_row(key, any_alpha=follows_brainprop(record.config))
+        assert paper is not None, key
+        seeds.setdefault(paper.key, []).append(record.config.seed)
+    assert set(seeds) == {p.key for p in paper_table()}
     assert all(sorted(s) == list(range(10)) for s in seeds.values())
 
 
-def readings(name: str) -> set[tuple[str, str, str, str, str]]:
-    """(rule, first layer, optimizer, init, input scaling) of every run of a sweep file."""
-    return {(c.rule.value, c.arch.value, c.optimizer.value, c.init.value, c.input_scaling.value)
+def readings(name: str) -> set[tuple[str, str, str, str, str, str]]:
+    """(rule, first layer, recipe, optimizer, init, input scaling) of every run of a sweep file."""
+    return {(c.rule.value, c.arch.value, recipe_label(c), c.optimizer.value, c.init.value, c.input_scaling.value)
             for c in load_sweep(REPO / "sweeps" / name).configs}
 
 
 def test_table1_literal_trains_every_row_under_the_literal_reading():
-    assert {r[2:] for r in readings("table1-literal.yaml")} == {("sgd", "uniform", "unit")}
+    assert {r[2:] for r in readings("table1-literal.yaml")} == {("paper", "sgd", "uniform", "unit")}
 
 
-def test_table1_trains_qagrel_literally_and_bp_with_adam_on_conv_nets_and_sgd_on_the_fc_net():
+def test_table1_protocol_trains_qagrel_literally_and_bp_with_adam_on_conv_nets_and_sgd_on_the_fc_net():
     # The protocol study's conclusion (docs/reproduction.md#conclusion).
+    assert readings("table1-protocol.yaml") == {
+        ("qagrel", "conv", "paper", "sgd", "uniform", "unit"), ("qagrel", "loccon", "paper", "sgd", "uniform", "unit"),
+        ("qagrel", "fc", "paper", "sgd", "uniform", "unit"),
+        ("bp", "conv", "paper", "adam", "uniform", "unit"), ("bp", "loccon", "paper", "adam", "uniform", "unit"),
+        ("bp", "fc", "paper", "sgd", "uniform", "unit")}
+
+
+def test_table1_trains_conv_and_loccon_nets_under_the_recipe_with_the_papers_padding_and_stopping():
+    # The recipe study's conclusion (docs/reproduction.md#the-authors-later-recipe); the fc net as the protocol study.
+    recipe = "brainprop but padding valid, validation held-out"
     assert readings("table1.yaml") == {
-        ("qagrel", "conv", "sgd", "uniform", "unit"), ("qagrel", "loccon", "sgd", "uniform", "unit"),
-        ("qagrel", "fc", "sgd", "uniform", "unit"),
-        ("bp", "conv", "adam", "uniform", "unit"), ("bp", "loccon", "adam", "uniform", "unit"),
-        ("bp", "fc", "sgd", "uniform", "unit")}
+        ("qagrel", "conv", recipe, "sgd", "normal", "unit"), ("bp", "conv", recipe, "sgd", "normal", "unit"),
+        ("qagrel", "loccon", "brainprop but validation held-out", "sgd", "normal", "unit"),
+        ("bp", "loccon", "brainprop but validation held-out", "sgd", "normal", "unit"),
+        ("qagrel", "fc", "paper", "sgd", "uniform", "unit"), ("bp", "fc", "paper", "sgd", "uniform", "unit")}
 
 
-def test_every_run_of_table1_cpu_is_a_run_of_table1_or_of_table1_literal():
+def test_table1_keeps_the_hidden_units_of_table_1():
+    records = [RunRecord(Path(), c, None) for c in load_sweep(REPO / "sweeps" / "table1.yaml").configs]
+    units = {row_key(r, row_key_fields(records)).hidden_units for r in records}  # as the padding makes them
+    assert units == {p.key.hidden_units for p in paper_table()}
+
+
+def test_every_run_of_table1_cpu_is_a_run_of_one_of_the_table1_files():
     cpu = {c.run_id for c in load_sweep(REPO / "sweeps" / "table1-cpu.yaml").configs}
     table1 = {c.run_id for name in TABLE1_FILES for c in load_sweep(REPO / "sweeps" / name).configs}
     assert cpu <= table1
+
+
+def test_the_recipe_studys_full_protocol_runs_are_runs_of_table1():
+    recipe = {c.run_id for c in load_sweep(REPO / "sweeps" / "recipe.yaml").configs if c.max_epochs == 500
+              and c.validation.value == "held-out"}
+    table1 = {c.run_id for c in load_sweep(REPO / "sweeps" / "table1.yaml").configs}
+    assert len(recipe) == 12 and recipe <= table1
 
 
 def test_table1_cifar100_is_exactly_the_cifar100_runs_of_table1():
@@ -135,18 +161,18 @@ def test_table1_cifar100_is_exactly_the_cifar100_runs_of_table1():
     assert cifar100 == table1 and len(cifar100) == 8 * 10
 
 
-def test_table1_cpu_runs_the_first_rows_at_10_or_3_seeds_and_the_other_twelve_at_3():
-    seeds = Counter((c.dataset.value, c.arch.value, "-".join(map(str, c.fc)), c.rule.value, c.optimizer.value)
-                    for c in load_sweep(REPO / "sweeps" / "table1-cpu.yaml").configs)
+def test_table1_cpu_runs_the_first_rows_at_10_or_3_seeds_and_every_conv_and_loccon_row_under_table1_at_3():
+    seeds = Counter((c.dataset.value, c.arch.value, "-".join(map(str, c.fc)), c.rule.value, c.optimizer.value,
+                     recipe_label(c)) for c in load_sweep(REPO / "sweeps" / "table1-cpu.yaml").configs)
     first = {("mnist", "fc", "1500-1000-500", "qagrel", "sgd"): 10, ("mnist", "fc", "1500-1000-500", "bp", "sgd"): 10,
              ("mnist", "conv", "500", "qagrel", "sgd"): 10, ("mnist", "conv", "500", "bp", "adam"): 10,
              ("cifar10", "conv", "500", "qagrel", "sgd"): 3, ("cifar10", "conv", "500", "bp", "adam"): 3,
              ("mnist", "conv", "500", "bp", "sgd"): 3, ("cifar10", "conv", "500", "bp", "sgd"): 3}
-    rest = {(dataset, arch, fc, rule, "adam" if rule == "bp" else "sgd"): 3
-            for dataset in ("mnist", "cifar10") for arch, fc in (("conv", "1000-500"), ("loccon", "500"),
-                                                                  ("loccon", "1000-500"))
+    recipe = {"conv": "brainprop but padding valid, validation held-out", "loccon": "brainprop but validation held-out"}
+    rest = {(dataset, arch, fc, rule, "sgd", recipe[arch]): 3
+            for dataset in ("mnist", "cifar10") for arch in ("conv", "loccon") for fc in ("500", "1000-500")
             for rule in ("qagrel", "bp")}
-    assert seeds == first | rest
+    assert seeds == {(*key, "paper"): n for key, n in first.items()} | rest
 
 
 def test_grid_is_the_cartesian_product_of_listed_values(tmp_path):
@@ -201,10 +227,10 @@ def test_name_defaults_to_the_file_name(tmp_path):
 
 def test_run_ids_are_the_same_in_another_process():
     code = ("from qagrel_cli.sweeps.sweep_file import load_sweep\n"
-            "print('\\n'.join(c.run_id for c in load_sweep('sweeps/table1.yaml').configs))")
+            "print('\\n'.join(c.run_id for c in load_sweep('sweeps/table1-literal.yaml').configs))")
     other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"})
-    ids = [c.run_id for c in load_sweep(REPO / "sweeps" / "table1.yaml").configs]
+    ids = [c.run_id for c in load_sweep(REPO / "sweeps" / "table1-literal.yaml").configs]
     assert other.stdout.split() == ids
     assert ids[0] == "mnist-conv-500-qagrel-s0-c96e5043"  # and across versions: renaming a run orphans it
 

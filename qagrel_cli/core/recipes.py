@@ -43,6 +43,8 @@ _BRAINPROP_BY_ARCH: dict[Arch, dict[str, Any]] = {
 RECIPES = tuple(r.value for r in Recipe)
 # Settings a recipe may set: the options of `qagrel train` that take a recipe's value when not given.
 RECIPE_FIELDS = tuple(_BRAINPROP)
+# The settings a run's recipe label (`recipe_label`) names: the recipe's, and the SD its normal init resolves to.
+LABELLED_FIELDS = (*RECIPE_FIELDS, "init_sd")
 
 
 def recipe_options(name: str, arch: Arch | str) -> dict[str, Any]:
@@ -60,7 +62,7 @@ def _departures(config: TrainConfig, name: str) -> list[str]:
     values = config.to_dict()
     recipe = TrainConfig(**{**recipe_options(name, config.arch), "arch": config.arch, "rule": config.rule,
                             "dataset": config.dataset, "fc": config.fc}).to_dict()
-    return [f"{field} {values[field]}" for field in (*RECIPE_FIELDS, "init_sd")
+    return [f"{field} {values[field]}" for field in LABELLED_FIELDS
             if values[field] != recipe[field] and not (field == "init_sd" and values["init"] != "normal")]
 
 
@@ -71,12 +73,12 @@ def follows_brainprop(config: TrainConfig) -> bool:
 
 
 def recipe_label(config: TrainConfig) -> str:
-    """The recipe a run follows, for reports: 'paper', 'brainprop', or 'brainprop but' and the settings in
-    which it departs from the recipe (e.g. 'brainprop but batch_norm False')."""
-    if not follows_brainprop(config):
-        return "paper"
-    departures = _departures(config, Recipe.brainprop.value)
-    return "brainprop" + (f" but {', '.join(departures)}" if departures else "")
+    """The recipe a run follows, for reports: the recipe it departs from least ('paper' or 'brainprop'), and
+    after 'but' the settings in which it departs from that one (e.g. 'brainprop but batch_norm False'), so
+    the label alone gives every recipe setting of the run."""
+    nearest = Recipe.brainprop.value if follows_brainprop(config) else Recipe.paper.value
+    departures = _departures(config, nearest)
+    return nearest + (f" but {', '.join(departures)}" if departures else "")
 
 
 def with_recipe(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,11 +31,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, RULE_NAMES, Dataset, TrainConfig
+from qagrel_cli.core.config import ARCH_NAMES, DATASET_NAMES, DEFAULTS, RULE_NAMES, Dataset, TrainConfig
+from qagrel_cli.core.recipes import follows_brainprop
 from qagrel_cli.core.device import resolve_device
 from qagrel_cli.core.timing import Cost, calibrate, calibrate_pack, distinct_networks
 from qagrel_cli.reports.rows import TABLE1_FIELDS, format_duration, row_key
-from qagrel_cli.reports.table import paper_table
+from qagrel_cli.reports.table import paper_row
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.local_executor import worker_threads
 from qagrel_cli.sweeps.results import RunRecord
@@ -59,7 +60,7 @@ class NetworkEstimate:
     config: TrainConfig  # the first run of this network (seed and the like are any run's)
     runs: int
     epochs: float  # expected epochs per run (mean over the network's runs)
-    epochs_source: str  # 'paper' (Table 1's mean), 'max_epochs', or 'max_epochs/paper' when runs differ
+    epochs_source: str  # 'paper' (Table 1's mean), 'paper + N' (a longer patience), 'max_epochs', or two joined by '/' when runs differ
     cost: Cost  # measured with all cores
     run_seconds: float  # one run, all cores
     run_seconds_shared: float  # one run, the cores divided among `workers` runs
@@ -139,16 +140,15 @@ def runs_left(sweep: Sweep, results: Path) -> list[TrainConfig]:
 
 
 def expected_epochs(config: TrainConfig) -> tuple[float, str]:
-    """Table 1's mean epochs for this run's row, capped at max_epochs; else max_epochs. With where it came from."""
-    record = RunRecord(Path(), config, None)
-    key = row_key(record, list(TABLE1_FIELDS))
-    for paper in paper_table():
-        p = paper.key
-        if ((p.dataset, p.rule, p.arch, p.hidden_units) == (key.dataset, key.rule, key.arch, key.hidden_units)
-                and math.isclose(p.lr, key.lr) and paper.epochs.mean is not None):
-            if paper.epochs.mean <= config.max_epochs:
-                return paper.epochs.mean, "paper"
-            break
+    """Table 1's mean epochs for this run's row (a recipe run's whatever its alpha), plus the epochs a
+    longer patience waits past Table 1's, capped at max_epochs; else max_epochs. With where it came from."""
+    key = row_key(RunRecord(Path(), config, None), list(TABLE1_FIELDS))
+    paper = paper_row(key, any_alpha=follows_brainprop(config))
+    if paper is not None and paper.epochs.mean is not None:
+        # Table 1 stopped `patience` epochs after the best; a run that waits longer stops that much later.
+        extra = max(0, config.patience - DEFAULTS["patience"])
+        if paper.epochs.mean + extra <= config.max_epochs:
+            return paper.epochs.mean + extra, f"paper + {extra}" if extra else "paper"
     return float(config.max_epochs), "max_epochs"
 
 
@@ -205,8 +205,9 @@ def print_estimate(estimate: SweepEstimate, console: Console, *, not_priced: int
     best = estimate.parallel if estimate.workers > 1 else estimate.sequential
     choices.add_row("--executor ray on M machines like this one", f"{format_duration(best)} / M")
     console.print(choices)
-    console.print("Epochs/run: the paper's mean epochs for the matching Table 1 row (paper), else max_epochs "
-                  "(an upper bound: early stopping ends most runs sooner).", highlight=False)
+    console.print("Epochs/run: the paper's mean epochs for the matching Table 1 row (paper; + the epochs a "
+                  f"patience above Table 1's {DEFAULTS['patience']} waits longer), else max_epochs (an upper "
+                  "bound: early stopping ends most runs sooner).", highlight=False)
     if not_priced:
         console.print(f"Runs: the {sum(n.runs for n in estimate.networks)} runs still to train; {not_priced} "
                       "finished, failed or damaged runs are not priced, and a started run is priced from "

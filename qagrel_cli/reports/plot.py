@@ -40,7 +40,7 @@ from qagrel_cli.core import run_folder
 from qagrel_cli.core.run_folder import ANGLE_PREFIX, BP_ANGLE_PREFIX
 from qagrel_cli.core.config import (CONFIG_FIELDS, DATASET_NAMES, RULE_NAMES, Arch, Dataset, QagrelError,
                                     Padding, Rule, parse_fc, reads, rule_info)
-from qagrel_cli.core.recipes import RECIPE_FIELDS, follows_brainprop, recipe_label
+from qagrel_cli.core.recipes import LABELLED_FIELDS, follows_brainprop, recipe_label
 from qagrel_cli.reports.rows import readings_order, setting_order, settings
 from qagrel_cli.sweeps.results import RunRecord, read_results
 
@@ -80,7 +80,7 @@ _VARIANT_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c56
 # names the panel because it sets the hidden units that title it.
 _NOT_VARIANT = frozenset({"dataset", "arch", "fc", "padding", "rule", "seed", "device"})
 # Settings a recipe label names (recipes.recipe_label): a curve of a recipe's run is labelled by it.
-_RECIPE_NAMED = frozenset({*RECIPE_FIELDS, "init_sd", "init_range"})
+_RECIPE_NAMED = frozenset({*LABELLED_FIELDS, "init_range"})
 CSV_COLUMNS = ("panel", "dataset", "arch", "hidden_units", "rule", "variant", "epoch", "n", "mean", "sd",
                "lower", "upper")
 # The angle figures: one curve per (feedback mode, layer), or per (rule, layer) for the angles to Error-BP's
@@ -518,17 +518,19 @@ def _varying(runs: Sequence[_Run], ignore: frozenset[str] = _NOT_VARIANT) -> lis
 
 def _variants(runs: Sequence[_Run], fields: Sequence[str]) -> dict[str, list[_Run]]:
     """Group runs by their values of `fields`: 'lr=0.1' -> runs; the defaults (the literal reading) first.
-    Runs of a recipe are named by it ('brainprop but padding valid') and the other fields that differ."""
+    Where any of the runs follows the authors' later recipe, every group is named by its recipe label
+    ('brainprop but padding valid', 'paper') and the other fields that differ."""
     groups: dict[tuple, list[_Run]] = defaultdict(list)
     for run in runs:
         groups[tuple((f, run.config.get(f)) for f in fields)].append(run)
-    return {_variant_label(values, groups[values][0]): groups[values]
+    by_recipe = any(follows_brainprop(run.record.config) for run in runs)
+    return {_variant_label(values, groups[values][0], by_recipe): groups[values]
             for values in sorted(groups, key=lambda values: readings_order(values))}
 
 
-def _variant_label(values: tuple[tuple[str, Any], ...], run: _Run) -> str:
-    """'lr=0.1, optimizer=adam'; for a run of a recipe, its recipe label and the settings it does not name."""
-    if not values or not follows_brainprop(run.record.config):
+def _variant_label(values: tuple[tuple[str, Any], ...], run: _Run, by_recipe: bool) -> str:
+    """'lr=0.1, optimizer=adam'; `by_recipe`, the run's recipe label and the settings it does not name."""
+    if not values or not by_recipe:
         return ", ".join(f"{f}={v}" for f, v in values)
     rest = [f"{f}={v}" for f, v in values if f not in _RECIPE_NAMED]
     return ", ".join([recipe_label(run.record.config), *rest])

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from qagrel_cli.core.config import (ARCH_NAMES, CONFIG_FIELDS, DATASET_NAMES, DEFAULTS, ENUM_FIELDS, PROTOCOL_READINGS,
                                     RULE_NAMES, TrainConfig, reads)
-from qagrel_cli.core.recipes import follows_brainprop, recipe_label
+from qagrel_cli.core.recipes import LABELLED_FIELDS, Recipe, follows_brainprop, recipe_label
 from qagrel_cli.sweeps.results import RunRecord
 
 TABLE1_FIELDS = ("dataset", "rule", "arch", "hidden_units", "lr")
@@ -41,10 +41,12 @@ class RowKey:
     @property
     def sort_key(self) -> tuple:
         """Table 1's order: dataset, first layer (Full, Conv, LocCon), rule (Q-AGREL first), depth; within a
-        row, the default (literal) setting first."""
+        row, the paper's recipe before the authors' later one (whose alpha is its own), then the default
+        (literal) setting first."""
+        later_recipe = not dict(self.extras).get("recipe", Recipe.paper.value).startswith(Recipe.paper.value)
         return (table1_order(DATASET_NAMES, self.dataset), table1_order(ARCH_NAMES, self.arch),
-                table1_order(RULE_NAMES, self.rule), self.hidden_units.count("-"), self.hidden_units, self.lr,
-                readings_order(self.extras))
+                table1_order(RULE_NAMES, self.rule), self.hidden_units.count("-"), self.hidden_units, later_recipe,
+                self.lr, readings_order(self.extras))
 
     def cells(self) -> list[str]:
         """Display cells: Dataset, Rule, 1st layer, Hidden units, alpha, extras ('–' for a setting the rule does
@@ -116,7 +118,8 @@ def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
     (PROTOCOL_READINGS) gets one whenever a run departs from the literal reading,
     so a row trained with Adam never passes for the paper's plain SGD. When any
     run follows the authors' later recipe, a first column, `recipe`, names the
-    recipe each row follows (`recipes.recipe_label`).
+    recipe each row follows and its departures from it (`recipes.recipe_label`),
+    in place of a column for each setting a recipe sets.
     """
     values: dict[tuple[tuple, str], set[str]] = {}
     for record in records:
@@ -127,7 +130,9 @@ def row_key_fields(records: Iterable[RunRecord]) -> list[str]:
     varying = {name for (_, name), seen in values.items()
                if len(seen) > 1 or (name in PROTOCOL_READINGS and seen != {json.dumps(DEFAULTS[name])})}
     recipe = ["recipe"] if any(follows_brainprop(record.config) for record in records) else []
-    return [*TABLE1_FIELDS, *recipe, *[f for f in CONFIG_FIELDS if f in varying and f not in _NOT_ROW_FIELDS]]
+    labelled = set(LABELLED_FIELDS) if recipe else set()  # the recipe column names these settings' values
+    return [*TABLE1_FIELDS, *recipe,
+            *[f for f in CONFIG_FIELDS if f in varying and f not in _NOT_ROW_FIELDS and f not in labelled]]
 
 
 def row_key(record: RunRecord, fields: list[str]) -> RowKey:
