@@ -8,9 +8,11 @@ batch of images. A run then costs
 
     epochs x (batches per epoch x step time + (validation + test images) x evaluation time per image)
 
-where epochs is the paper's mean for the matching Table 1 row (capped at the
-run's max_epochs), else max_epochs: early stopping ends most runs far sooner,
-so max_epochs is an upper bound, and the output says which was used.
+where epochs is the paper's mean for the matching Table 1 row (a run of the
+authors' later recipe matches its row whatever its alpha), plus the epochs a
+patience above Table 1's waits longer, capped at the run's max_epochs; else
+max_epochs: early stopping ends most runs far sooner, so max_epochs is an upper
+bound, and the output says which was used.
 
 The executor choices it prices: one local worker (all cores to one run);
 `--workers N` (timed again with the threads each local worker gets: `--threads T`,
