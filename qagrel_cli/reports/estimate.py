@@ -62,7 +62,8 @@ class NetworkEstimate:
     config: TrainConfig  # the first run of this network (seed and the like are any run's)
     runs: int
     epochs: float  # expected epochs per run (mean over the network's runs)
-    epochs_source: str  # 'paper' (Table 1's mean), 'paper + N' (a longer patience), 'max_epochs', or two joined by '/' when runs differ
+    # 'paper' (Table 1's mean), 'paper + N' (a longer patience), 'max_epochs'; joined by '/' when runs differ
+    epochs_source: str
     cost: Cost  # measured with all cores
     run_seconds: float  # one run, all cores
     run_seconds_shared: float  # one run, the cores divided among `workers` runs
