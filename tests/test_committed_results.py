@@ -21,15 +21,16 @@ from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import TrainConfig
+from qagrel_cli.core.recipes import recipe_label
 from qagrel_cli.core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, LOG_FILE, SUMMARY_FILE
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import RunRecord
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
-COMPLETE_STUDIES = ["bp-step", "dropout", "feedback", "patience", "protocol", "smoke"]
+COMPLETE_STUDIES = ["bp-step", "dropout", "feedback", "patience", "protocol", "recipe", "smoke"]
 # The studies whose progress README and docs/ count in words ("N of M runs are in"), if any.
-IN_PROGRESS: tuple[str, ...] = ("table1-cpu", "recipe", "rules")
+IN_PROGRESS: tuple[str, ...] = ("table1-cpu", "rules")
 PROGRESS_WORDS = re.compile(r"(\d+) of (\d+) runs are (?:in|finished)")
 runner = CliRunner()
 
@@ -40,6 +41,8 @@ def _table_value(config: TrainConfig, column: str) -> str:
         return config.arch.value
     if column == "hidden_units":
         return RunRecord(Path(), config, None).hidden_units
+    if column == "recipe":
+        return recipe_label(config)
     value = getattr(config, column)
     return getattr(value, "value", value)
 
