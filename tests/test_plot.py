@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from qagrel_cli.cli import app
 from qagrel_cli.core.config import Arch, TrainConfig
 from qagrel_cli.core.recipes import with_recipe
-from qagrel_cli.reports.plot import BP_ANGLES, AfterStop, Metric, PlotFormat, aggregate, plot
+from qagrel_cli.reports.plot import BP_ANGLES, AfterStop, Metric, PlotFormat, aggregate, figure3_title, plot
 from qagrel_cli.core.run_folder import read_log, write_config, write_log, write_summary
 
 # (a, b, stop epoch) per seed: different slopes and different early-stopping epochs.
@@ -302,6 +302,19 @@ def test_a_folder_of_one_rules_runs_gets_their_curves(tmp_path):
     table = pd.read_csv(figure.with_suffix(".csv"))
     assert set(table["rule"]) == {"qagrel"} and set(table["n"]) == {len(QAGREL_SEEDS)}
     assert table["epoch"].max() == max(stop for _, _, stop in QAGREL_SEEDS)
+
+
+def test_figure3_of_q_agrel_and_error_bp_has_the_paper_s_title():
+    assert figure3_title(["qagrel", "bp"], []) == "Q-AGREL (trial and error) vs error-backpropagation"
+
+
+def test_figure3_of_more_rules_names_every_rule_it_draws():
+    assert figure3_title(["qagrel", "bp", "fa", "dfa"], ["max_epochs"]) == "Q-AGREL, Error-BP, FA and DFA"
+
+
+def test_figure3_of_one_rule_names_the_settings_its_curves_differ_in():
+    assert figure3_title(["qagrel"], ["feedback"]) == "Q-AGREL by feedback"
+    assert figure3_title(["bp"], []) == "Error-BP: learning curves"
 
 
 def test_cli_error_for_an_out_file_of_an_unknown_format(tmp_path):

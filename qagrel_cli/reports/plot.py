@@ -287,18 +287,25 @@ def plot_figure3(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, metri
                           "Error-BP: 1 − training error.",
             Metric.val: "Validation accuracy.", Metric.test: "Test accuracy."}[metric]
     rules = sorted({str(r.config["rule"]) for r in runs}, key=lambda r: setting_order("rule", r))
-    if len(rules) > 1:
-        title = "Q-AGREL (trial and error) vs error-backpropagation"
-    else:  # one rule, in several settings (e.g. the feedback study: say which differ) or in one
-        varying = sorted({f for _, group in panels for f in _varying(group)})
-        by = f" by {', '.join(varying)}" if varying else ": learning curves"
-        title = f"{RULE_NAMES.get(rules[0], rules[0])}{by}"
+    title = figure3_title(rules, sorted({f for _, group in panels for f in _varying(group)}))
     caption = " ".join([what, _BAND_SENTENCE, "Bands are drawn within [0, 1] (the CSV holds them whole).",
                         _stop_sentence(after_stop), *notes])
     fig.suptitle(title, fontsize="large")
     fig.supxlabel(textwrap.fill(caption, width=int(16 * width)), fontsize="small")
     table = pd.concat(tables, ignore_index=True)[list(CSV_COLUMNS)]
     return _save(fig, table, out_file, fmt, list(notes))
+
+
+def figure3_title(rules: Sequence[str], varying: Sequence[str]) -> str:
+    """The title of a Figure 3 over runs of `rules` (in table order); `varying`: the settings that differ
+    between the runs of a panel, named when there is one rule (e.g. the feedback study)."""
+    if len(rules) > 1:
+        if set(rules) == {"qagrel", "bp"}:  # the paper's figure
+            return "Q-AGREL (trial and error) vs error-backpropagation"
+        names = [RULE_NAMES.get(r, r) for r in rules]
+        return f"{', '.join(names[:-1])} and {names[-1]}"
+    by = f" by {', '.join(varying)}" if varying else ": learning curves"
+    return f"{RULE_NAMES.get(rules[0], rules[0])}{by}"
 
 
 def plot_angles(runs: Sequence[_Run], out_file: Path, fmt: PlotFormat, *, after_stop: AfterStop,
