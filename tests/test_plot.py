@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qagrel_cli.cli import app
-from qagrel_cli.core.config import Arch, TrainConfig
+from qagrel_cli.core.config import Arch, QagrelError, TrainConfig
 from qagrel_cli.core.recipes import with_recipe
 from qagrel_cli.reports.plot import BP_ANGLES, AfterStop, Metric, PlotFormat, aggregate, figure3_title, plot
 from qagrel_cli.core.run_folder import read_log, write_config, write_log, write_summary
@@ -227,6 +227,22 @@ def test_unfinished_and_diverged_runs_are_left_out_and_noted(tmp_path):
     result = plot(root, tmp_path / "figs")
     assert_csv_curve(pd.read_csv(result.csv), "qagrel", expected(QAGREL_SEEDS, "hold"))
     assert result.notes == ["1 unfinished run not shown.", "1 diverged run not shown."]
+
+
+def test_a_filtered_figure_notes_only_the_left_out_runs_it_selects(tmp_path):
+    root = make_sweep(tmp_path / "sweep", arch="conv")
+    make_run(root, "qagrel", 7, 0.9, 0.0, 3, arch="conv", finished=False)
+    make_run(root, "qagrel", 8, 0.9, 0.0, 3, arch="loccon", finished=False)
+    make_run(root, "qagrel", 9, 0.9, 0.0, 3, arch="loccon", diverged=True)
+    result = plot(root, tmp_path / "figs", archs=[Arch.conv])
+    assert result.notes == ["1 unfinished run not shown."]
+
+
+def test_a_filter_that_selects_only_unfinished_runs_is_an_error(tmp_path):
+    root = make_sweep(tmp_path / "sweep", arch="conv")
+    make_run(root, "qagrel", 8, 0.9, 0.0, 3, arch="loccon", finished=False)
+    with pytest.raises(QagrelError, match="match the chosen"):
+        plot(root, tmp_path / "figs", archs=[Arch.loccon])
 
 
 def test_aggregate_band_is_empty_where_only_one_seed_remains():

@@ -32,7 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
@@ -211,8 +211,8 @@ def plot(path: Path, out: Path | None = None, *, angles: bool = False, metric: M
         runs, notes, warnings = [_one_run(path)], [], []
     else:
         runs, notes, warnings = _finished_runs(path, with_diverged=angles,
-                                               needs=("epoch",) if angles else ("epoch", METRIC_COLUMN[metric]))
-        runs = _select(runs, path, datasets, archs, fcs)
+                                               needs=("epoch",) if angles else ("epoch", METRIC_COLUMN[metric]),
+                                               wanted=_selection(datasets, archs, fcs))
     filters = [a.value for a in archs] + [d.value for d in datasets] + [f.replace(",", "-") for f in fcs]
     drop = ["drop"] if after_stop == AfterStop.drop else []
     if angles:
@@ -374,16 +374,19 @@ def _one_run(run_dir: Path) -> _Run:
     return run
 
 
-def _finished_runs(root: Path, *, with_diverged: bool = False, needs: Sequence[str] = ("epoch",)
-                   ) -> tuple[list[_Run], list[str], list[str]]:
-    """The finished runs below `root` (diverged ones only `with_diverged`), a caption note for each kind left
-    out, and a warning naming each damaged file."""
+def _finished_runs(root: Path, *, with_diverged: bool = False, needs: Sequence[str] = ("epoch",),
+                   wanted: Callable[[RunRecord], bool] | None = None) -> tuple[list[_Run], list[str], list[str]]:
+    """The finished runs below `root` that are `wanted` (all by default; diverged ones only `with_diverged`), a
+    caption note for each kind of wanted run left out, and a warning naming each damaged file."""
     results = read_results(root)
     if not results.runs and not results.damaged:
         raise QagrelError(f"no runs in {root} (no run folder with a _config.yaml at or below it)")
+    records = [r for r in results.runs if wanted is None or wanted(r)]
+    if wanted is not None and not any(r.summary is not None for r in records):
+        raise QagrelError(f"no finished runs in {root} match the chosen datasets, architectures and fc sizes")
     runs, left_out = [], defaultdict(int)
     lacking: list[str] = []  # logs read here that could not be plotted, named as read_results names the rest
-    for record in results.runs:
+    for record in records:
         if record.summary is None:
             left_out["unfinished"] += 1  # its curve would end at wherever training happens to be now
         elif record.summary.get("diverged") and not with_diverged:
@@ -408,17 +411,19 @@ def _finished_runs(root: Path, *, with_diverged: bool = False, needs: Sequence[s
     return runs, notes, results.warnings(log_note="its run is not plotted") + lacking
 
 
-def _select(runs: list[_Run], root: Path, datasets: Sequence[Dataset], archs: Sequence[Arch],
-            fcs: Sequence[str]) -> list[_Run]:
-    """Keep the runs matching every given filter (an empty filter keeps all)."""
+def _selection(datasets: Sequence[Dataset], archs: Sequence[Arch], fcs: Sequence[str]
+               ) -> Callable[[RunRecord], bool] | None:
+    """Whether a run matches every given filter; None when no filter is given. Applied before runs are sorted
+    into shown and left out, so the caption counts only the runs of the figure's selection."""
+    if not (datasets or archs or fcs):
+        return None
     wanted_fc = [(parse_fc(f), f.replace(",", "-")) for f in fcs]
-    keep = [r for r in runs
-            if (not datasets or r.config["dataset"] in {d.value for d in datasets})
-            and (not archs or r.config["arch"] in {a.value for a in archs})
-            and (not fcs or any(r.fc == sizes or r.hidden_units == text for sizes, text in wanted_fc))]
-    if not keep:
-        raise QagrelError(f"no finished runs in {root} match the chosen datasets, architectures and fc sizes")
-    return keep
+
+    def wanted(record: RunRecord) -> bool:
+        config = record.config
+        return ((not datasets or config.dataset in datasets) and (not archs or config.arch in archs)
+                and (not fcs or any(config.fc == sizes or record.hidden_units == text for sizes, text in wanted_fc)))
+    return wanted
 
 
 def _draw_panel(ax: Axes, runs: Sequence[_Run], column: str, after_stop: AfterStop, fields: dict[str, list[str]],
