@@ -526,3 +526,48 @@ def test_cli_angles_to_bp_writes_its_figure_beside_the_runs(tmp_path):
 def test_cli_angles_to_bp_error_when_no_run_logged_them(tmp_path):
     result = invoke("plot", make_feedback_study(tmp_path / "study"), "--angles-to-bp")
     assert result.exit_code == 2 and "bp_angle_<layer>" in result.output and "Traceback" not in result.output
+
+
+def make_five_rule_readings(root: Path) -> Path:
+    """The rules study's conv panel in small: Q-AGREL with symmetric and fixed feedback, Error-BP, FA and DFA,
+    each run logging bp_angle_0..3."""
+    for rule, feedback in (("qagrel", "symmetric"), ("qagrel", "fixed"), ("bp", "symmetric"), ("fa", "symmetric"),
+                           ("dfa", "symmetric")):
+        run_dir = make_run(root, rule, 0, 0.1, 0.05, 4, dataset="mnist", arch="fc", feedback=feedback)
+        log = read_log(run_dir)
+        for layer in range(ANGLE_LAYERS):
+            log[f"bp_angle_{layer}"] = 45.0
+        write_log(run_dir, log)
+    return root
+
+
+def test_angles_to_bp_name_a_rules_curves_only_by_the_settings_it_reads(tmp_path):
+    # Q-AGREL in two feedback modes beside FA, which has none: the feedback mode names Q-AGREL's curves only.
+    root = make_five_rule_readings(tmp_path / "study")
+    table = pd.read_csv(plot(root, tmp_path / "figs", angles=True, angle_kind=BP_ANGLES).csv)
+    variants = table[["rule", "variant"]].fillna("").drop_duplicates()
+    assert sorted(map(tuple, variants.values)) == [("bp", ""), ("dfa", ""), ("fa", ""), ("qagrel", "feedback=fixed"),
+                                                   ("qagrel", "feedback=symmetric")]
+
+
+def saved_figures(monkeypatch) -> list:
+    """Keep every figure `plot` saves, as laid out for saving."""
+    from matplotlib.figure import Figure
+
+    saved, save = [], Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        save(fig, *args, **kwargs)
+        saved.append(fig)
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved
+
+
+def test_a_long_legend_ends_above_the_caption(tmp_path, monkeypatch):
+    saved = saved_figures(monkeypatch)
+    plot(make_five_rule_readings(tmp_path / "study"), tmp_path / "figs", angles=True, angle_kind=BP_ANGLES)
+    fig = saved[0]
+    legend = fig.axes[0].get_legend().get_window_extent()
+    caption = next(t for t in fig.texts if t.get_text().startswith("Per layer")).get_window_extent()
+    assert len(fig.axes[0].get_legend().get_texts()) == 20 and legend.y0 > caption.y1
+

@@ -121,9 +121,10 @@ BP_ANGLES = AngleKind(
     "Layer 0 is the input side.",
     "update angles to Error-BP's gradient (bp_angle_<layer> columns): runs trained before they were logged "
     "have none")
-# Layer colours (the angle figure) and one line style per feedback mode; "--" is kept for the 90° reference.
+# Layer colours (the angle figure) and one line style per curve group (feedback mode, or rule and reading);
+# "--" is kept for the 90° reference. Six styles: the rules study draws five groups in one panel.
 _LAYER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-_CURVE_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+_CURVE_STYLES = ("-", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 3)))
 
 
 @dataclass(frozen=True)
@@ -452,29 +453,41 @@ def _draw_angle_panel(ax: Axes, runs: Sequence[_Run], after_stop: AfterStop,
     a dashed line at 90°; returns the plotted numbers."""
     panel = _panel_columns(ax, runs[0])
     ax.axhline(90, color="grey", linestyle="--", linewidth=1)
-    tables, curves = [], 0
-    not_variant = (_NOT_VARIANT - {"rule"}) | {kind.group_by}
-    for variant, group in _variants(runs, _varying(runs, not_variant)).items():
-        by_value: dict[str, list[_Run]] = defaultdict(list)
-        for run in group:
-            by_value[str(run.config[kind.group_by])].append(run)
-        for value in sorted(by_value, key=lambda f: setting_order(kind.group_by, f)):
-            members, style = by_value[value], _CURVE_STYLES[curves % len(_CURVE_STYLES)]
-            curves += 1
-            shown = RULE_NAMES.get(value, value) if kind.group_by == "rule" else value
-            for layer in members[0].layers_with(kind.prefix):  # one panel, one architecture: the same layers
-                stats = aggregate([r.curve(f"{kind.prefix}{layer}") for r in members], after_stop,
-                                  never_held=[k for k, r in enumerate(members) if r.diverged])
-                color = _LAYER_COLORS[layer % len(_LAYER_COLORS)]
-                label = f"layer {layer}, {shown}{f' ({variant})' if variant else ''}, n={len(members)}"
-                ax.plot(stats["epoch"], stats["mean"], color=color, linestyle=style, label=label)
-                ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.2, linewidth=0)
-                tables.append(stats.assign(**panel, **{kind.group_by: value}, variant=variant, layer=layer))
+    tables = []
+    for curves, (value, variant, members) in enumerate(_angle_curves(runs, kind.group_by)):
+        style = _CURVE_STYLES[curves % len(_CURVE_STYLES)]
+        shown = RULE_NAMES.get(value, value) if kind.group_by == "rule" else value
+        for layer in members[0].layers_with(kind.prefix):  # one panel, one architecture: the same layers
+            stats = aggregate([r.curve(f"{kind.prefix}{layer}") for r in members], after_stop,
+                              never_held=[k for k, r in enumerate(members) if r.diverged])
+            color = _LAYER_COLORS[layer % len(_LAYER_COLORS)]
+            label = f"layer {layer}, {shown}{f' ({variant})' if variant else ''}, n={len(members)}"
+            ax.plot(stats["epoch"], stats["mean"], color=color, linestyle=style, label=label)
+            ax.fill_between(stats["epoch"], stats["lower"], stats["upper"], color=color, alpha=0.2, linewidth=0)
+            tables.append(stats.assign(**panel, **{kind.group_by: value}, variant=variant, layer=layer))
     # From 0 (reciprocal) to past the 90° line, and past any band above it (anti-aligned weights reach 180°).
     ax.set_ylim(0, max([100.0, *(float(t["upper"].max()) + 5 for t in tables if t["upper"].notna().any())]))
     ax.set_ylabel(kind.ylabel)
     _style_axes(ax)
     return pd.concat(tables, ignore_index=True)
+
+
+def _angle_curves(runs: Sequence[_Run], group_by: str) -> list[tuple[str, str, list[_Run]]]:
+    """One angle panel's curves: (value of `group_by`, variant label, runs) for each group of seeds.
+
+    By rule, as in Figure 3, a rule's variants are named by the settings that differ between its own runs
+    and that it reads (FA has no feedback mode; alpha differs between rules by Table 1). By feedback mode,
+    the variants are the settings, the rule among them, that differ anywhere in the panel."""
+    if group_by == "rule":
+        return [(rule, variant, group) for rule, rule_runs in _by_rule(runs).items()
+                for variant, group in _variants(rule_runs, [f for f in _varying(rule_runs) if reads(rule, f)]).items()]
+    curves = []
+    for variant, group in _variants(runs, _varying(runs, (_NOT_VARIANT - {"rule"}) | {group_by})).items():
+        by_value: dict[str, list[_Run]] = defaultdict(list)
+        for run in group:
+            by_value[str(run.config[group_by])].append(run)
+        curves += [(value, variant, by_value[value]) for value in sorted(by_value, key=lambda f: setting_order(group_by, f))]
+    return curves
 
 
 def _panel_grid(runs: Sequence[_Run]) -> tuple[Figure, list[tuple[Axes, list[_Run]]], float]:
@@ -595,8 +608,9 @@ def _style_axes(ax: Axes) -> None:
 
 
 def _make_room_for_legends(fig: Figure) -> None:
-    """Grow the figure by the legend lines under its tallest panel legend per row of panels, so the panels
-    keep their height however many curves a legend lists."""
+    """Grow the figure by the legend lines under its tallest panel legend per row of panels, and by the lines
+    of its caption, so the panels keep their height however many curves a legend lists and the caption
+    never overlaps the last legend."""
     lines: dict[int, int] = defaultdict(int)
     for ax in fig.axes:
         legend = ax.get_legend()
@@ -604,12 +618,16 @@ def _make_room_for_legends(fig: Figure) -> None:
             row = ax.get_subplotspec().rowspan.start
             lines[row] = max(lines[row], len(legend.get_texts()))
     width, height = fig.get_size_inches()
-    fig.set_size_inches(width, height + _LEGEND_LINE_INCHES * sum(n + 1 for n in lines.values()))
+    caption = len(fig.get_supxlabel().splitlines()) if lines else 0
+    fig.set_size_inches(width, height + _LEGEND_LINE_INCHES * (sum(n + 1 for n in lines.values()) + caption))
 
 
 def _save(fig: Figure, table: pd.DataFrame, out_file: Path, fmt: PlotFormat, notes: list[str]) -> Plotted:
     """Write the figure and its numbers (same name, .csv) atomically."""
     _make_room_for_legends(fig)
+    # Constrained layout places the legends under the panels only from the second layout on: settle it first,
+    # or the last legend lines fall onto the caption.
+    fig.draw_without_rendering()
     csv = out_file.with_suffix(".csv")
     run_folder.atomic_write(out_file, lambda tmp: fig.savefig(tmp, format=fmt.value))
     run_folder.atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False))
