@@ -486,7 +486,8 @@ def _angle_curves(runs: Sequence[_Run], group_by: str) -> list[tuple[str, str, l
         by_value: dict[str, list[_Run]] = defaultdict(list)
         for run in group:
             by_value[str(run.config[group_by])].append(run)
-        curves += [(value, variant, by_value[value]) for value in sorted(by_value, key=lambda f: setting_order(group_by, f))]
+        values = sorted(by_value, key=lambda f: setting_order(group_by, f))
+        curves += [(value, variant, by_value[value]) for value in values]
     return curves
 
 
