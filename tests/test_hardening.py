@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 import conftest
 from qagrel_cli.cli import app
 from qagrel_cli.core import run_folder
-from qagrel_cli.core import training as engine
+from qagrel_cli.core import training
 from qagrel_cli.core.catalog import Rule
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.data import MNIST_FILES, load_dataset
@@ -47,7 +47,7 @@ TINY_TRAIN = ["train", "--arch", "fc", "--fc", "32", "--train-size", "300", "--d
 # ----------------------------------------------------------------- helpers
 
 def fabricate_run(root: Path, rule: str, seed: int, epochs: int = 3) -> Path:
-    """A finished MNIST conv run (hidden units 21632-5408-500) as the engine leaves it: config, log, summary."""
+    """A finished MNIST conv run (hidden units 21632-5408-500) as training leaves it: config, log, summary."""
     config = TrainConfig(rule=rule, seed=seed)
     run_dir = root / config.run_id
     run_folder.write_config(run_dir, config)
@@ -312,13 +312,13 @@ def test_train_holds_the_runs_lock_while_training_and_a_finished_run_drops_its_l
                                                                                         monkeypatch):
     out = tmp_path / "run"
     locked_while_training = []
-    train_members = engine._train_members
+    train_members = training._train_members
 
     def spy(members, *args):
         locked_while_training.append(run_folder.is_locked(out))
         return train_members(members, *args)
 
-    monkeypatch.setattr(engine, "_train_members", spy)
+    monkeypatch.setattr(training, "_train_members", spy)
     assert runner.invoke(app, [*TINY_TRAIN, "--max-epochs", "1", "--data-dir", str(mnist_dir),
                                "--out", str(out)]).exit_code == 0
     assert locked_while_training == [True]
@@ -359,7 +359,7 @@ def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, mni
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the first epoch
 
-    monkeypatch.setattr(engine, "_train_epoch", interrupted)
+    monkeypatch.setattr(training, "_train_epoch", interrupted)
     result = runner.invoke(app, [*TINY_TRAIN, "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run")])
     assert result.exit_code == 130
     assert_one_line_error(result, "interrupted before the first epoch ended: nothing was saved")
@@ -367,7 +367,7 @@ def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, mni
 
 
 def test_ctrl_c_after_an_epoch_says_the_finished_epochs_are_saved(tmp_path, mnist_dir, monkeypatch):
-    real_epoch = engine._train_epoch
+    real_epoch = training._train_epoch
     calls = []
 
     def second_epoch_interrupted(*args, **kwargs):
@@ -376,7 +376,7 @@ def test_ctrl_c_after_an_epoch_says_the_finished_epochs_are_saved(tmp_path, mnis
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_epoch", second_epoch_interrupted)
+    monkeypatch.setattr(training, "_train_epoch", second_epoch_interrupted)
     result = runner.invoke(app, [*TINY_TRAIN, "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run")])
     assert result.exit_code == 130
     assert_one_line_error(result, "every finished epoch is saved: run the same command again to resume")
@@ -512,7 +512,7 @@ def test_the_committed_subset_is_the_first_2000_training_and_500_test_images_of_
 
 def sigterm_in_epoch(monkeypatch, which: int) -> None:
     """Make epoch `which` of the next training receive SIGTERM, as a scheduler ending the job sends it."""
-    real_epoch = engine._train_epoch
+    real_epoch = training._train_epoch
     calls = []
 
     def epoch(*args, **kwargs):
@@ -522,7 +522,7 @@ def sigterm_in_epoch(monkeypatch, which: int) -> None:
             time.sleep(5)  # the handler raises here, long before this ends
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_epoch", epoch)
+    monkeypatch.setattr(training, "_train_epoch", epoch)
 
 
 def test_sigterm_in_train_is_ctrl_c_one_line_exit_130_and_the_finished_epochs_are_kept(tmp_path, mnist_dir,
@@ -551,7 +551,7 @@ def test_sigterm_in_train_shows_the_terminals_cursor_again(tmp_path, mnist_dir, 
     screen = Console(file=io.StringIO(), force_terminal=True, width=100)
     sigterm_in_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
-        engine.train(tiny_config(), tmp_path / "run", data_dir=mnist_dir, console=screen)
+        training.train(tiny_config(), tmp_path / "run", data_dir=mnist_dir, console=screen)
     text = screen.file.getvalue()
     assert "\x1b[?25l" in text and text.rindex("\x1b[?25h") > text.rindex("\x1b[?25l")  # hidden, then shown
 
@@ -570,15 +570,15 @@ class FlushRecorder(io.StringIO):
 def test_train_off_a_terminal_writes_and_flushes_one_plain_line_per_epoch_as_it_ends(tmp_path, mnist_dir,
                                                                                      monkeypatch):
     log_file = FlushRecorder()
-    real_epoch = engine._train_epoch
+    real_epoch = training._train_epoch
     flushed_before_epoch = []
 
     def epoch(*args, **kwargs):
         flushed_before_epoch.append(log_file.flushed[-1] if log_file.flushed else "")
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_train_epoch", epoch)
-    engine.train(tiny_config(max_epochs=3, patience=10), tmp_path / "run", data_dir=mnist_dir,
+    monkeypatch.setattr(training, "_train_epoch", epoch)
+    training.train(tiny_config(max_epochs=3, patience=10), tmp_path / "run", data_dir=mnist_dir,
                  console=Console(file=log_file, width=100))
     lines = log_file.getvalue().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
@@ -893,7 +893,7 @@ def test_a_symlink_to_a_run_folder_that_is_gone_is_named_and_the_rest_shown(resu
 def test_a_runs_summary_records_the_cpu_model_its_instruction_set_the_gpu_and_torchs_threads(tmp_path, mnist_dir):
     from qagrel_cli.core.device import ISA_LEVELS
 
-    engine.train(tiny_config(max_epochs=1), tmp_path / "run", data_dir=mnist_dir, quiet=True)
+    training.train(tiny_config(max_epochs=1), tmp_path / "run", data_dir=mnist_dir, quiet=True)
     machine = run_folder.read_summary(tmp_path / "run")["machine"]
     assert machine["cpu_model"] and machine["torch_threads"] == torch.get_num_threads()
     assert machine["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
