@@ -579,7 +579,7 @@ def test_train_off_a_terminal_writes_and_flushes_one_plain_line_per_epoch_as_it_
 
     monkeypatch.setattr(training, "_train_epoch", epoch)
     training.train(tiny_config(max_epochs=3, patience=10), tmp_path / "run", data_dir=mnist_dir,
-                 console=Console(file=log_file, width=100))
+                   console=Console(file=log_file, width=100))
     lines = log_file.getvalue().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
     assert all("reward" in line and "val" in line and "test" in line and "\x1b" not in line for line in lines)
