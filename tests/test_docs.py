@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CI_SCRIPT = ROOT / ".ci" / "run"
-README_MAX_BYTES = 13_500  # grows by the rows of a generated table (all 18 MNIST and CIFAR-10 rows), not by prose
+README_MAX_BYTES = 14_000  # room for the generated table at all 18 MNIST and CIFAR-10 rows (each ~180 bytes), not for prose
 
 FENCE = re.compile(r"^(`{3,}|~{3,})")
 INLINE_CODE = re.compile(r"`+[^`]*`+")
