@@ -23,14 +23,15 @@ from qagrel_cli.cli import app
 from qagrel_cli.core.config import TrainConfig
 from qagrel_cli.core.recipes import recipe_label
 from qagrel_cli.core.run_folder import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, LOG_FILE, SUMMARY_FILE
+from qagrel_cli.reports.table import paper_table
 from qagrel_cli.sweeps.ledger import RunStatus, run_status
 from qagrel_cli.sweeps.results import RunRecord
 from qagrel_cli.sweeps.sweep_file import SWEEP_FILE, load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
-COMPLETE_STUDIES = ["bp-step", "dropout", "feedback", "patience", "protocol", "recipe", "rules", "smoke"]
+COMPLETE_STUDIES = ["bp-step", "dropout", "feedback", "patience", "protocol", "recipe", "rules", "smoke", "table1-cpu"]
 # The studies whose progress README and docs/ count in words ("N of M runs are in"), if any.
-IN_PROGRESS: tuple[str, ...] = ("table1-cpu",)
+IN_PROGRESS: tuple[str, ...] = ()
 PROGRESS_WORDS = re.compile(r"(\d+) of (\d+) runs are (?:in|finished)")
 runner = CliRunner()
 
@@ -79,6 +80,20 @@ def test_table_of_the_committed_study_renders_every_row_of_its_sweep_with_all_it
         matching = [row for row in rows if _matches(row, config, settings)]
         assert len(matching) == 1, f"{config.run_id}: {len(matching)} table rows"
         assert int(matching[0]["seeds"]) == seeds
+
+
+def test_table1_cpu_renders_all_18_mnist_and_cifar10_rows_of_table_1_beside_the_paper_with_3_or_more_seeds():
+    result = runner.invoke(app, ["table", str(REPO / "results" / "table1-cpu"), "--compare", "paper", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rendered = list(csv.DictReader(io.StringIO(result.stdout)))
+    wanted = [p for p in paper_table() if p.key.dataset in ("mnist", "cifar10")]
+    assert len(wanted) == 18
+    for paper in wanted:
+        key = paper.key
+        rows = [r for r in rendered if (r["dataset"], r["rule"], r["first_layer"], r["hidden_units"])
+                == (key.dataset, key.rule, key.arch, key.hidden_units) and r["paper_accuracy_mean"]]
+        assert any(float(r["paper_accuracy_mean"]) == paper.accuracy.mean and int(r["seeds"]) >= 3
+                   and r["seeds_converged"] == r["seeds"] for r in rows), key
 
 
 def test_the_docs_count_the_runs_of_the_study_in_progress_that_are_committed():
